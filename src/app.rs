@@ -1,0 +1,158 @@
+//! Wiring: open the database, take the instance lock, recover, start loops,
+//! serve; on shutdown stop in reverse. Start-up order follows
+//! `design/stage-engine.md`: migrate → boot id → lock → reclaim → loops → serve.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::http::{self, AppState, Metrics};
+use crate::shutdown::{self, Shutdown, ShutdownTrigger, Supervisor};
+use crate::stage_engine::{Boot, Engine};
+
+/// One daemon per database: an exclusive lock on `<db>.lock`.
+pub struct InstanceLock {
+    _lock: Flock<File>,
+    pub path: PathBuf,
+}
+
+pub fn instance_lock(db_path: &Path) -> anyhow::Result<InstanceLock> {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the instance lock {}", path.display()))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another orchestrator is already running on {} (lock {} is held: {e}); stop it first",
+            db_path.display(),
+            path.display()
+        )
+    })?;
+    Ok(InstanceLock { _lock: lock, path })
+}
+
+/// A started daemon: the address it serves on and the handle that ends it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub engine: Engine,
+    trigger: ShutdownTrigger,
+    join: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Fire shutdown and wait for the clean exit.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.trigger.fire();
+        self.join.await.context("daemon task")?
+    }
+
+    /// Wait until the daemon ends by itself (after `shutdown` fires).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.join.await.context("daemon task")?
+    }
+
+    pub fn trigger(&self) -> &ShutdownTrigger {
+        &self.trigger
+    }
+}
+
+/// Start the daemon on an already bound listener (tests pass port 0).
+pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<Running> {
+    let settings = Arc::new(settings);
+    let db_path = settings.database_path();
+    let db = Db::open(&db_path).await.with_context(|| {
+        format!(
+            "opening the database (ORCH_DATABASE_URL={})",
+            settings.database_url
+        )
+    })?;
+    let lock = instance_lock(&db_path)?;
+    let boot = Boot::new();
+    tracing::info!(boot_id = %boot.boot_id, pid = boot.pid, db = %db_path.display(), "starting");
+    let engine = Engine::builder(db.clone(), boot).build();
+    let recovery = engine
+        .recover_on_startup()
+        .await
+        .context("recovering leases and effects")?;
+    tracing::info!(
+        reclaimed_leases = recovery.reclaimed_leases,
+        resumed_tasks = recovery.resumed_tasks.len(),
+        "recovery done"
+    );
+
+    let supervisor = Supervisor::new();
+    let state = AppState {
+        settings: settings.clone(),
+        db: db.clone(),
+        engine: engine.clone(),
+        metrics: Arc::new(Metrics::default()),
+        blocks: Arc::new(Vec::new()),
+    };
+    let router = http::router(state);
+    let addr = listener.local_addr()?;
+    let (trigger, stop) = shutdown::channel();
+    let grace = Duration::from_secs(settings.shutdown_grace_s);
+    tracing::info!(%addr, "serving");
+    let join = tokio::spawn(serve(router, listener, stop, supervisor, db, grace, lock));
+    Ok(Running {
+        addr,
+        engine,
+        trigger,
+        join,
+    })
+}
+
+async fn serve(
+    router: axum::Router,
+    listener: TcpListener,
+    stop: Shutdown,
+    supervisor: Supervisor,
+    db: Db,
+    grace: Duration,
+    lock: InstanceLock,
+) -> anyhow::Result<()> {
+    let server = axum::serve(listener, router).with_graceful_shutdown(stop.clone().wait());
+    let server = tokio::spawn(async move { server.await });
+    stop.wait().await;
+    // Stop accepting at once; in-flight requests get the grace period.
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+    }
+    let late = supervisor.shutdown(grace).await;
+    db.close().await;
+    drop(lock);
+    if late.is_empty() {
+        tracing::info!("shut down cleanly");
+    } else {
+        tracing::warn!(?late, "shut down; some loops were aborted");
+    }
+    Ok(())
+}
+
+/// `orchestrator serve`: bind, start, run until SIGTERM/SIGINT.
+pub async fn serve_until_signal(settings: Settings) -> anyhow::Result<()> {
+    let bind = settings.bind;
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind} (ORCH_BIND)"))?;
+    let running = start(settings, listener).await?;
+    shutdown::os_signal().await;
+    running.stop().await
+}

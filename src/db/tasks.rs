@@ -1,0 +1,218 @@
+//! `tasks`: reads, inserts and non-stage fields. The stage column is written
+//! only by `stage_engine::cas` (invariant 1).
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
+use sqlx::{Decode, Encode, Executor, FromRow, Sqlite, Type};
+
+use super::now_ms;
+use crate::domain::Stage;
+
+impl Type<Sqlite> for Stage {
+    fn type_info() -> SqliteTypeInfo {
+        <&str as Type<Sqlite>>::type_info()
+    }
+}
+
+impl<'q> Encode<'q, Sqlite> for Stage {
+    fn encode_by_ref(
+        &self,
+        buf: &mut Vec<SqliteArgumentValue<'q>>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as Encode<'q, Sqlite>>::encode(self.as_str(), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for Stage {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as Decode<'r, Sqlite>>::decode(value)?;
+        Ok(s.parse::<Stage>()?)
+    }
+}
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct TaskRow {
+    pub id: i64,
+    pub work_item: String,
+    pub plane_issue_id: Option<String>,
+    pub project: String,
+    pub title: String,
+    pub description: String,
+    pub stage: Stage,
+    pub stage_version: i64,
+    pub branch: Option<String>,
+    pub worktree: Option<String>,
+    pub approved_at: Option<i64>,
+    pub deploy_confirmed_at: Option<i64>,
+    pub hold_reason: Option<String>,
+    pub held_at: Option<i64>,
+    pub cancel_requested_at: Option<i64>,
+    pub cancel_requested_by: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub cancel_notified_at: Option<i64>,
+    pub tombstoned_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewTask {
+    pub work_item: String,
+    pub plane_issue_id: Option<String>,
+    pub project: String,
+    pub title: String,
+    pub description: String,
+    pub branch: Option<String>,
+    pub worktree: Option<String>,
+}
+
+/// Insert a task at `created`, version 0.
+pub async fn insert<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    t: &NewTask,
+) -> Result<i64, sqlx::Error> {
+    let now = now_ms();
+    let row: (i64,) = sqlx::query_as(
+        "INSERT INTO tasks (work_item, plane_issue_id, project, title, description, stage,
+                            stage_version, branch, worktree, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, 'created', 0, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&t.work_item)
+    .bind(&t.plane_issue_id)
+    .bind(&t.project)
+    .bind(&t.title)
+    .bind(&t.description)
+    .bind(&t.branch)
+    .bind(&t.worktree)
+    .bind(now)
+    .bind(now)
+    .fetch_one(ex)
+    .await?;
+    Ok(row.0)
+}
+
+pub async fn get<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+) -> Result<Option<TaskRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM tasks WHERE id = ?")
+        .bind(id)
+        .fetch_optional(ex)
+        .await
+}
+
+/// The live (not tombstoned) task of a work item.
+pub async fn by_work_item<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    work_item: &str,
+) -> Result<Option<TaskRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM tasks WHERE work_item = ? AND tombstoned_at IS NULL")
+        .bind(work_item)
+        .fetch_optional(ex)
+        .await
+}
+
+/// The newest task of a work item, live or tombstoned (operator lookups).
+pub async fn latest_by_work_item<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    work_item: &str,
+) -> Result<Option<TaskRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM tasks WHERE work_item = ? ORDER BY id DESC LIMIT 1")
+        .bind(work_item)
+        .fetch_optional(ex)
+        .await
+}
+
+/// Active tasks and those finished in the last `recent_ms`.
+pub async fn for_queue<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    recent_ms: i64,
+) -> Result<Vec<TaskRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM tasks
+         WHERE stage NOT IN ('done','cancelled') OR updated_at >= ?
+         ORDER BY id",
+    )
+    .bind(now_ms() - recent_ms)
+    .fetch_all(ex)
+    .await
+}
+
+/// Counts per stage over all live tasks.
+pub async fn count_by_stage<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+) -> Result<Vec<(Stage, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT stage, COUNT(*) FROM tasks GROUP BY stage ORDER BY stage")
+        .fetch_all(ex)
+        .await
+}
+
+/// Record a cancel request once. Returns true when this call set it (the
+/// caller notifies only then: a repeated STOP notifies once).
+pub async fn request_cancel<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    by: &str,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    let r = sqlx::query(
+        "UPDATE tasks SET cancel_requested_at = ?, cancel_requested_by = ?, cancel_reason = ?, updated_at = ?
+         WHERE id = ? AND cancel_requested_at IS NULL AND stage NOT IN ('done','cancelled')",
+    )
+    .bind(now)
+    .bind(by)
+    .bind(reason)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn set_hold<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    sqlx::query("UPDATE tasks SET hold_reason = ?, held_at = CASE WHEN ? IS NULL THEN NULL ELSE ? END, updated_at = ? WHERE id = ?")
+        .bind(reason)
+        .bind(reason)
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_approved<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE tasks SET approved_at = COALESCE(approved_at, ?), updated_at = ? WHERE id = ?",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_deploy_confirmed<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    sqlx::query("UPDATE tasks SET deploy_confirmed_at = COALESCE(deploy_confirmed_at, ?), updated_at = ? WHERE id = ?")
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Operator surface: `POST /transition-lease/release?work_item=<id>` with
+//! `Authorization: Bearer <ORCH_ADMIN_TOKEN>` (F-10).
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::stage_engine::ForceRelease;
+
+#[derive(Debug, Deserialize)]
+pub struct ReleaseQuery {
+    work_item: Option<String>,
+}
+
+/// Constant-time comparison of the bearer token. No configured token means
+/// the admin surface is closed.
+pub fn authorized(headers: &HeaderMap, token: &crate::config::Secret) -> bool {
+    if token.is_empty() {
+        return false;
+    }
+    let Some(given) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.expose().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn release_lease(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ReleaseQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if !authorized(&headers, &state.settings.admin_token) {
+        return Err(ApiError::Unauthorized);
+    }
+    let wi = q
+        .work_item
+        .filter(|w| !w.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("query parameter work_item is required".into()))?;
+    match state.engine.force_release(&wi, "operator (HTTP)").await? {
+        ForceRelease::UnknownWorkItem => {
+            Err(ApiError::NotFound(format!("no task for work item {wi}")))
+        }
+        ForceRelease::NotHeld => Ok(Json(json!({ "work_item": wi, "released": null }))),
+        ForceRelease::Released(row) => Ok(Json(json!({
+            "work_item": wi,
+            "released": {
+                "actor": row.actor,
+                "transition": row.transition,
+                "owner_pid": row.owner_pid,
+                "owner_boot_id": row.owner_boot_id,
+                "acquired_at": row.acquired_at,
+            }
+        }))),
+    }
+}

@@ -1,0 +1,73 @@
+//! The HTTP surface: one `router()` wiring every route and layer.
+
+pub mod admin;
+pub mod error;
+pub mod metrics;
+pub mod queue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use queue::{Blocks, StatusBlock};
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::stage_engine::Engine;
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: Db,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    pub blocks: Blocks,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.http_body_limit_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/queue", get(queue::queue))
+        .route("/metrics", get(metrics::render))
+        .route("/transition-lease/release", post(admin::release_lease))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    state.db.ping().await.map_err(|e| {
+        tracing::error!(error = %e, "health check: database unreachable");
+        ApiError::Unavailable("database unreachable".into())
+    })?;
+    Ok(Json(
+        json!({ "status": "ok", "database": "ok", "version": env!("CARGO_PKG_VERSION") }),
+    ))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}

@@ -1,0 +1,23 @@
+//! orchestrator: a daemon that drives LLM coding agents through a delivery
+//! pipeline (Plane in, Gitea merges, Telegram reports).
+//!
+//! # Layout
+//! - `config`: `Settings` from defaults → TOML (`ORCH_CONFIG`) → `ORCH_*` env (F-31).
+//! - `db`: SQLite pools (one writer, a read pool), migrations, one file per table.
+//! - `domain`: pure types: the stage table (F-09), verdict parsing, gates (QG_CHECKS).
+//! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
+//! - `notify`: the `Notifier` port for alerts.
+//! - `http`: the router, `/health`, `/queue`, `/metrics`, the admin lease release.
+//! - `shutdown`: one shutdown signal and the loop supervisor.
+//! - `app`: wiring and the start-up/shutdown order.
+//! - `telemetry`: tracing set-up.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod notify;
+pub mod shutdown;
+pub mod stage_engine;
+pub mod telemetry;

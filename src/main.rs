@@ -1,0 +1,79 @@
+//! The thin binary: parse the command line, load settings, run.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orchestrator::config::{EnvVars, Settings};
+use orchestrator::{app, db::Db, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "orchestrator",
+    version,
+    about = "Drives LLM coding agents through a delivery pipeline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the effective configuration (secrets redacted); non-zero when invalid.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<()> {
+    // `.env` in the working directory, then the process environment: read
+    // here once and handed to the loader; nothing else reads the environment.
+    let _ = dotenvy::dotenv();
+    let env = EnvVars::from_process();
+    let (settings, report) = Settings::load(&env)?;
+    let filter = env
+        .get("RUST_LOG")
+        .unwrap_or(&settings.log_level)
+        .to_string();
+    telemetry::init(settings.log_format, &filter);
+    for w in &report.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(app::serve_until_signal(settings)),
+        Command::Migrate => runtime.block_on(async {
+            let path = settings.database_path();
+            Db::open(&path).await?;
+            println!("migrations applied to {}", path.display());
+            Ok(())
+        }),
+        Command::CheckConfig => {
+            if let Some(f) = &report.file {
+                println!("# config file: {}", f.display());
+            }
+            for w in &report.warnings {
+                println!("# warning: {w}");
+            }
+            print!(
+                "{}",
+                toml::to_string_pretty(&settings).context("rendering the configuration")?
+            );
+            Ok(())
+        }
+    }
+}

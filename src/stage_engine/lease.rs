@@ -1,0 +1,219 @@
+//! The transition lease (F-10): a durable row per task, taken on ENTRY to a
+//! stage write and its effects. Liveness is the owner's pid + process start
+//! time + boot id, never a heartbeat or a TTL: a 900 s merge re-test cannot
+//! lose its lease to a clock (the reaper's hard ceiling is the bound).
+//!
+//! Inside one process every actor shares pid and boot id, so liveness there
+//! is a registry of live holder tokens: a [`LeaseGuard`] removes its token
+//! when dropped (also while unwinding from a panic), which makes its row
+//! stale at once even before the row is deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use tokio::sync::mpsc;
+
+use crate::db::leases::{self, LeaseRow};
+use crate::db::{Db, now_ms};
+
+/// This daemon start: a fresh id, our pid and our start time.
+#[derive(Debug)]
+pub struct Boot {
+    pub boot_id: String,
+    pub pid: i64,
+    pub start_time: i64,
+    holders: Arc<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry(Mutex<HashSet<String>>);
+
+impl Registry {
+    fn insert(&self, token: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(token.to_string());
+        }
+    }
+    fn remove(&self, token: &str) -> bool {
+        self.0.lock().map(|mut s| s.remove(token)).unwrap_or(false)
+    }
+    fn contains(&self, token: &str) -> bool {
+        self.0.lock().map(|s| s.contains(token)).unwrap_or(false)
+    }
+}
+
+/// Boots of this process by id, so a row written by an earlier boot object in
+/// the same process (a restart simulated inside one test process) is judged
+/// by that boot's registry, and is stale once that boot is gone.
+fn boots() -> &'static Mutex<HashMap<String, Weak<Registry>>> {
+    static BOOTS: OnceLock<Mutex<HashMap<String, Weak<Registry>>>> = OnceLock::new();
+    BOOTS.get_or_init(Default::default)
+}
+
+impl Boot {
+    pub fn new() -> Arc<Boot> {
+        let pid = std::process::id() as i64;
+        let boot = Boot {
+            boot_id: uuid::Uuid::new_v4().to_string(),
+            pid,
+            start_time: process_start_time(pid).unwrap_or(0),
+            holders: Arc::new(Registry::default()),
+        };
+        if let Ok(mut m) = boots().lock() {
+            m.retain(|_, w| w.strong_count() > 0);
+            m.insert(boot.boot_id.clone(), Arc::downgrade(&boot.holders));
+        }
+        Arc::new(boot)
+    }
+
+    /// Is the owner of `row` alive and still holding it?
+    pub fn is_live(&self, row: &LeaseRow) -> bool {
+        if row.owner_boot_id == self.boot_id {
+            return self.holders.contains(&row.holder);
+        }
+        if row.owner_pid == self.pid && row.owner_start_time == self.start_time {
+            // Another boot object of this very process.
+            let reg = boots()
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&row.owner_boot_id).and_then(Weak::upgrade));
+            return reg.is_some_and(|r| r.contains(&row.holder));
+        }
+        process_alive(row.owner_pid, row.owner_start_time)
+    }
+
+    /// Forget a live holder of this boot (operator force-release).
+    pub(crate) fn forget_holder(&self, token: &str) -> bool {
+        self.holders.remove(token)
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
+/// Pids are reused; (pid, start time) is not.
+pub fn process_start_time(pid: i64) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn process_alive(pid: i64, start_time: i64) -> bool {
+    match process_start_time(pid) {
+        Some(t) => t == start_time && !is_zombie(pid),
+        None => false,
+    }
+}
+
+fn is_zombie(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace()
+                .next()
+                .map(|st| st == "Z" || st == "X")
+        })
+        .unwrap_or(false)
+}
+
+/// Held ownership of one task's transition. Release explicitly with
+/// [`LeaseGuard::release`]; a guard that is dropped instead (an early return,
+/// a panic) unregisters its token at once and has its row deleted by the
+/// background releaser.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    pub task_id: i64,
+    pub token: String,
+    boot: Arc<Boot>,
+    releaser: mpsc::UnboundedSender<(i64, String)>,
+    released: bool,
+}
+
+impl LeaseGuard {
+    pub async fn release(mut self, db: &Db) -> Result<(), sqlx::Error> {
+        self.released = true;
+        self.boot.holders.remove(&self.token);
+        leases::delete_if_holder(db.writer(), self.task_id, &self.token).await?;
+        Ok(())
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.boot.holders.remove(&self.token);
+        if !self.released {
+            let _ = self.releaser.send((self.task_id, self.token.clone()));
+        }
+    }
+}
+
+/// Deletes rows of guards that were dropped without `release`.
+pub(crate) fn spawn_releaser(db: Db) -> mpsc::UnboundedSender<(i64, String)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(i64, String)>();
+    tokio::spawn(async move {
+        while let Some((task_id, token)) = rx.recv().await {
+            if let Err(e) = leases::delete_if_holder(db.writer(), task_id, &token).await {
+                tracing::warn!(task_id, error = %e, "could not delete a dropped lease row; it is stale and will be taken over");
+            }
+        }
+    });
+    tx
+}
+
+#[derive(Debug)]
+pub enum Acquire {
+    Acquired {
+        guard: LeaseGuard,
+        /// The stale row this acquire took over, for the alert.
+        took_over: Option<LeaseRow>,
+    },
+    Busy(LeaseRow),
+}
+
+/// One IMMEDIATE transaction: insert, or take over a stale row; a live owner
+/// means busy and nothing is written.
+pub(crate) async fn acquire(
+    db: &Db,
+    boot: &Arc<Boot>,
+    releaser: &mpsc::UnboundedSender<(i64, String)>,
+    task_id: i64,
+    actor: &str,
+    transition: &str,
+) -> Result<Acquire, sqlx::Error> {
+    let token = uuid::Uuid::new_v4().to_string();
+    // Register before the row exists: from the commit on, it is live.
+    boot.holders.insert(&token);
+    let guard = LeaseGuard {
+        task_id,
+        token: token.clone(),
+        boot: boot.clone(),
+        releaser: releaser.clone(),
+        // Not armed until the row is committed; dropping it before that
+        // (an error below) only unregisters the token.
+        released: true,
+    };
+    let mut tx = db.begin_write().await?;
+    let existing = leases::get(&mut *tx, task_id).await?;
+    if let Some(row) = &existing
+        && boot.is_live(row)
+    {
+        return Ok(Acquire::Busy(row.clone()));
+    }
+    let row = LeaseRow {
+        task_id,
+        owner_pid: boot.pid,
+        owner_start_time: boot.start_time,
+        owner_boot_id: boot.boot_id.clone(),
+        holder: token,
+        actor: actor.to_string(),
+        transition: transition.to_string(),
+        acquired_at: now_ms(),
+    };
+    leases::put(&mut *tx, &row).await?;
+    tx.commit().await?;
+    let mut guard = guard;
+    guard.released = false;
+    Ok(Acquire::Acquired {
+        guard,
+        took_over: existing,
+    })
+}

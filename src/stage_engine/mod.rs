@@ -1,0 +1,744 @@
+//! The stage engine (F-10, B-1): the one module that writes `tasks.stage`.
+//!
+//! Every stage write, forward, rollback or cancel, goes through
+//! [`Engine::transition`]: take the task's transition lease, re-read the task
+//! under it, finish any effect a crashed holder had initiated, run the
+//! transition's irreversible effects through the journal, then CAS the stage
+//! on (stage, stage_version). The lease keeps a second actor from starting the
+//! region at all; the CAS fences the write; the journal keeps an effect from
+//! running twice across crashes. See `docs/adr/0002-stage-engine.md`.
+
+pub mod cas;
+pub mod inputs;
+pub mod journal;
+pub mod lease;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::db::tasks::{self, TaskRow};
+use crate::db::{Db, effects, leases, now_ms};
+use crate::domain::{EffectKind, GateVerdict, Stage};
+use crate::notify::{Alert, LogNotifier, Notifier};
+pub use cas::Cas;
+pub use inputs::{FsArtifacts, GateInputs};
+pub use journal::{Effect, EffectCtx, EffectError, EffectRegistry, EffectResult, NoopEffect};
+pub use lease::Boot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{from} -> {to} is not a transition of STAGE_TRANSITIONS")]
+    InvalidTransition { from: Stage, to: Stage },
+    #[error("no implementation is registered for effect {0:?}")]
+    MissingEffect(EffectKind),
+    #[error("effect {kind:?}: {error}")]
+    Effect {
+        kind: EffectKind,
+        error: EffectError,
+    },
+    #[error("the transition lease of task {task_id} was taken away (force-released)")]
+    LeaseLost { task_id: i64 },
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// What one call did. Every variant but the first four changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Advanced {
+        from: Stage,
+        to: Stage,
+        version: i64,
+    },
+    RolledBack {
+        from: Stage,
+        to: Stage,
+        version: i64,
+        reason: String,
+    },
+    Cancelled {
+        from: Stage,
+        version: i64,
+    },
+    /// STOP met a live lease holder: the holder applies it when its step ends.
+    CancelDeferred,
+    /// The exit gate failed and the stage has no rollback target: stays.
+    GateFailed {
+        stage: Stage,
+        reason: String,
+    },
+    Pending {
+        stage: Stage,
+        reason: String,
+    },
+    /// An effect of the transition failed; the stage is unchanged and the
+    /// task is marked held with the reason.
+    EffectFailed {
+        stage: Stage,
+        kind: EffectKind,
+        error: String,
+    },
+    LeaseBusy {
+        actor: String,
+        transition: String,
+    },
+    LostRace,
+    Terminal {
+        stage: Stage,
+    },
+    NotFound,
+}
+
+/// Step boundaries of a transition, observable by [`Hooks`] (the crash test
+/// kills its process at each one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    BeforeLease,
+    AfterLease,
+    AfterPlanned,
+    AfterApply,
+    AfterDone,
+    AfterCas,
+    BeforeRelease,
+}
+
+impl Step {
+    pub const ALL: [Step; 7] = [
+        Step::BeforeLease,
+        Step::AfterLease,
+        Step::AfterPlanned,
+        Step::AfterApply,
+        Step::AfterDone,
+        Step::AfterCas,
+        Step::BeforeRelease,
+    ];
+}
+
+/// Observer of step boundaries. The daemon uses the no-op default.
+pub trait Hooks: Send + Sync {
+    fn at(&self, _step: Step, _task_id: i64) {}
+}
+
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// The key effects of one transition are journaled under. A second pass of
+/// the same arrow after a rollback has a new version, so fresh keys.
+pub fn transition_key(task_id: i64, from: Stage, to: Stage, version: i64) -> String {
+    format!("task:{task_id}/{from}->{to}@v{version}")
+}
+
+struct Inner {
+    db: Db,
+    boot: Arc<Boot>,
+    releaser: mpsc::UnboundedSender<(i64, String)>,
+    effects: EffectRegistry,
+    inputs: Arc<dyn GateInputs>,
+    notifier: Arc<dyn Notifier>,
+    hooks: Arc<dyn Hooks>,
+}
+
+/// Cheap to clone; every actor holds one.
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+pub struct EngineBuilder {
+    db: Db,
+    boot: Arc<Boot>,
+    effects: EffectRegistry,
+    inputs: Arc<dyn GateInputs>,
+    notifier: Arc<dyn Notifier>,
+    hooks: Arc<dyn Hooks>,
+}
+
+impl EngineBuilder {
+    pub fn effects(mut self, e: EffectRegistry) -> Self {
+        self.effects = e;
+        self
+    }
+    pub fn inputs(mut self, i: Arc<dyn GateInputs>) -> Self {
+        self.inputs = i;
+        self
+    }
+    pub fn notifier(mut self, n: Arc<dyn Notifier>) -> Self {
+        self.notifier = n;
+        self
+    }
+    pub fn hooks(mut self, h: Arc<dyn Hooks>) -> Self {
+        self.hooks = h;
+        self
+    }
+    /// Needs a tokio runtime: it starts the releaser of dropped leases.
+    pub fn build(self) -> Engine {
+        let releaser = lease::spawn_releaser(self.db.clone());
+        Engine(Arc::new(Inner {
+            db: self.db,
+            boot: self.boot,
+            releaser,
+            effects: self.effects,
+            inputs: self.inputs,
+            notifier: self.notifier,
+            hooks: self.hooks,
+        }))
+    }
+}
+
+/// Every effect kind backed by [`NoopEffect`]: the registry the daemon uses
+/// until the capabilities behind each kind are wired.
+pub fn noop_effects() -> EffectRegistry {
+    EffectKind::ALL.iter().fold(EffectRegistry::new(), |r, k| {
+        r.with(*k, Arc::new(NoopEffect))
+    })
+}
+
+/// What `recover_on_startup` found and did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Recovery {
+    pub reclaimed_leases: usize,
+    pub kept_live_leases: usize,
+    pub resumed_tasks: Vec<(i64, Outcome)>,
+}
+
+impl Engine {
+    pub fn builder(db: Db, boot: Arc<Boot>) -> EngineBuilder {
+        EngineBuilder {
+            db,
+            boot,
+            effects: noop_effects(),
+            inputs: Arc::new(FsArtifacts),
+            notifier: Arc::new(LogNotifier),
+            hooks: Arc::new(NoHooks),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.0.db
+    }
+
+    pub fn boot(&self) -> &Arc<Boot> {
+        &self.0.boot
+    }
+
+    fn hook(&self, step: Step, task_id: i64) {
+        self.0.hooks.at(step, task_id);
+    }
+
+    async fn alert(&self, kind: &'static str, work_item: Option<String>, message: String) {
+        self.0
+            .notifier
+            .alert(Alert {
+                kind,
+                work_item,
+                message,
+            })
+            .await;
+    }
+
+    async fn task(&self, task_id: i64) -> Result<Option<TaskRow>, EngineError> {
+        Ok(tasks::get(self.0.db.reader(), task_id).await?)
+    }
+
+    /// The one entry for monitor, webhooks, reconciler, reaper and finalizer:
+    /// judge the stage's exit gate and move the task accordingly. A journaled
+    /// transition left unfinished at this version, or a requested cancel,
+    /// takes precedence over the gate. Never panics.
+    pub async fn advance_stage(&self, task_id: i64, actor: &str) -> Result<Outcome, EngineError> {
+        let Some(snap) = self.task(task_id).await? else {
+            return Ok(Outcome::NotFound);
+        };
+        if snap.stage.is_terminal() {
+            return Ok(Outcome::Terminal { stage: snap.stage });
+        }
+        let (target, reason) = if snap.cancel_requested_at.is_some() {
+            (Stage::Cancelled, "cancel requested".to_string())
+        } else if let Some(row) =
+            effects::intent_at(self.0.db.reader(), task_id, snap.stage_version)
+                .await?
+                .first()
+        {
+            (row.to_stage, "resume journaled transition".to_string())
+        } else {
+            let spec = snap.stage.spec();
+            let Some(gate) = spec.gate else {
+                return Ok(Outcome::Terminal { stage: snap.stage });
+            };
+            let input = self.0.inputs.load(&snap).await;
+            match gate.evaluate(&input) {
+                GateVerdict::Pending(reason) => {
+                    return Ok(Outcome::Pending {
+                        stage: snap.stage,
+                        reason,
+                    });
+                }
+                GateVerdict::Fail(reason) => match spec.rollback {
+                    Some(to) => (to, reason),
+                    None => {
+                        return Ok(Outcome::GateFailed {
+                            stage: snap.stage,
+                            reason,
+                        });
+                    }
+                },
+                GateVerdict::Pass => match spec.next {
+                    Some(to) => (to, format!("gate {} passed", gate.name())),
+                    None => return Ok(Outcome::Terminal { stage: snap.stage }),
+                },
+            }
+        };
+        let out = self.transition(&snap, target, actor, &reason).await?;
+        self.apply_pending_cancel(task_id, actor).await?;
+        Ok(out)
+    }
+
+    /// The shared rollback helper for gates outside `advance_stage` (merge
+    /// gate, coverage, security): CAS from `expected` to its rollback target.
+    pub async fn rollback(
+        &self,
+        task_id: i64,
+        expected: Stage,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Outcome, EngineError> {
+        let Some(snap) = self.task(task_id).await? else {
+            return Ok(Outcome::NotFound);
+        };
+        if snap.stage.is_terminal() {
+            return Ok(Outcome::Terminal { stage: snap.stage });
+        }
+        if snap.stage != expected {
+            return Ok(Outcome::LostRace);
+        }
+        let Some(target) = expected.rollback() else {
+            return Err(EngineError::InvalidTransition {
+                from: expected,
+                to: expected,
+            });
+        };
+        let out = self.transition(&snap, target, actor, reason).await?;
+        self.apply_pending_cancel(task_id, actor).await?;
+        Ok(out)
+    }
+
+    /// STOP (F-25): record the request once, then cancel now if nobody owns
+    /// the task's region, else leave it to the owner (deferred). Returns the
+    /// outcome and whether this call was the first request (notify once).
+    pub async fn cancel(
+        &self,
+        task_id: i64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(Outcome, bool), EngineError> {
+        let Some(snap) = self.task(task_id).await? else {
+            return Ok((Outcome::NotFound, false));
+        };
+        if snap.stage.is_terminal() {
+            return Ok((Outcome::Terminal { stage: snap.stage }, false));
+        }
+        let first = tasks::request_cancel(self.0.db.writer(), task_id, actor, reason).await?;
+        let Some(snap) = self.task(task_id).await? else {
+            return Ok((Outcome::NotFound, first));
+        };
+        if snap.stage.is_terminal() {
+            return Ok((Outcome::Terminal { stage: snap.stage }, first));
+        }
+        let out = match self
+            .transition(&snap, Stage::Cancelled, actor, reason)
+            .await?
+        {
+            Outcome::LeaseBusy { .. } => Outcome::CancelDeferred,
+            other => other,
+        };
+        self.apply_pending_cancel(task_id, actor).await?;
+        Ok((out, first))
+    }
+
+    /// After a release: a cancel requested while we held the lease is ours
+    /// to apply (the requester saw us busy). One attempt; if someone else
+    /// holds the lease now, they apply it.
+    async fn apply_pending_cancel(&self, task_id: i64, actor: &str) -> Result<(), EngineError> {
+        if let Some(t) = self.task(task_id).await?
+            && t.cancel_requested_at.is_some()
+            && !t.stage.is_terminal()
+        {
+            self.transition(&t, Stage::Cancelled, actor, "cancel requested")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Move `snap` to `target` under the lease. The target may be replaced
+    /// under the lease by a requested cancel or a journaled intent.
+    pub async fn transition(
+        &self,
+        snap: &TaskRow,
+        target: Stage,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Outcome, EngineError> {
+        if !snap.stage.can_move_to(target) {
+            return Err(EngineError::InvalidTransition {
+                from: snap.stage,
+                to: target,
+            });
+        }
+        let task_id = snap.id;
+        self.hook(Step::BeforeLease, task_id);
+        let key = transition_key(task_id, snap.stage, target, snap.stage_version);
+        let acquired = lease::acquire(
+            &self.0.db,
+            &self.0.boot,
+            &self.0.releaser,
+            task_id,
+            actor,
+            &key,
+        )
+        .await?;
+        let guard = match acquired {
+            lease::Acquire::Busy(row) => {
+                return Ok(Outcome::LeaseBusy {
+                    actor: row.actor,
+                    transition: row.transition,
+                });
+            }
+            lease::Acquire::Acquired { guard, took_over } => {
+                if let Some(stale) = took_over {
+                    self.alert(
+                        "lease_stale_reclaimed",
+                        Some(snap.work_item.clone()),
+                        format!(
+                            "took over the stale transition lease of {} ({}, pid {}, boot {})",
+                            snap.work_item, stale.actor, stale.owner_pid, stale.owner_boot_id
+                        ),
+                    )
+                    .await;
+                }
+                guard
+            }
+        };
+        self.hook(Step::AfterLease, task_id);
+        let result = self
+            .in_lease(&guard.token, snap, target, actor, reason)
+            .await;
+        self.hook(Step::BeforeRelease, task_id);
+        if let Err(e) = guard.release(&self.0.db).await {
+            // The token is already unregistered: the row is stale and the
+            // next acquirer takes it over.
+            tracing::warn!(task_id, error = %e, "lease release failed; row left stale");
+        }
+        result
+    }
+
+    async fn in_lease(
+        &self,
+        holder: &str,
+        snap: &TaskRow,
+        proposed: Stage,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Outcome, EngineError> {
+        let task_id = snap.id;
+        let Some(cur) = tasks::get(self.0.db.writer(), task_id).await? else {
+            return Ok(Outcome::NotFound);
+        };
+        if cur.stage != snap.stage || cur.stage_version != snap.stage_version {
+            return Ok(Outcome::LostRace);
+        }
+        let version = cur.stage_version;
+        let intent = effects::intent_at(self.0.db.writer(), task_id, version).await?;
+
+        // 1. An effect a crashed holder initiated is finished first
+        //    (reconciled, applied only if it did not happen): the critical
+        //    window always closes before anything else is decided.
+        for row in intent.iter().filter(|r| r.state == "planned") {
+            let Some(kind) = EffectKind::ALL
+                .iter()
+                .copied()
+                .find(|k| k.as_str() == row.kind)
+            else {
+                return Err(EngineError::Internal(format!(
+                    "unknown effect kind {}",
+                    row.kind
+                )));
+            };
+            if let Some(out) = self
+                .run_effect(
+                    holder,
+                    &cur,
+                    &row.transition_key,
+                    kind,
+                    row.from_stage,
+                    row.to_stage,
+                )
+                .await?
+            {
+                return Ok(out);
+            }
+        }
+
+        // 2. Decide: a requested cancel wins; else a journaled transition at
+        //    this version is completed (never "merged, then rolled back");
+        //    else the caller's target.
+        let (target, reason) = if cur.cancel_requested_at.is_some() {
+            (Stage::Cancelled, "cancel requested")
+        } else if let Some(row) = intent.first() {
+            (row.to_stage, "resume journaled transition")
+        } else {
+            (proposed, reason)
+        };
+        if !cur.stage.can_move_to(target) {
+            return Err(EngineError::InvalidTransition {
+                from: cur.stage,
+                to: target,
+            });
+        }
+
+        // 3. The transition's effects, in order, through the journal.
+        let key = transition_key(task_id, cur.stage, target, version);
+        for kind in cur.stage.effects_to(target) {
+            if let Some(out) = self
+                .run_effect(holder, &cur, &key, *kind, cur.stage, target)
+                .await?
+            {
+                return Ok(out);
+            }
+        }
+
+        // 4. The stage write.
+        let mut tx = self.0.db.begin_write().await?;
+        let cas = cas::write_stage(
+            &mut tx,
+            &cas::StageWrite {
+                task_id,
+                from: cur.stage,
+                from_version: version,
+                to: target,
+                actor,
+                reason,
+            },
+        )
+        .await?;
+        let Cas::Won { version } = cas else {
+            return Ok(Outcome::LostRace);
+        };
+        sqlx::query("UPDATE tasks SET hold_reason = NULL, held_at = NULL WHERE id = ? AND hold_reason IS NOT NULL")
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.hook(Step::AfterCas, task_id);
+        tracing::info!(work_item = %cur.work_item, from = %cur.stage, to = %target, version, actor, reason, "stage moved");
+        Ok(if target == Stage::Cancelled {
+            Outcome::Cancelled {
+                from: cur.stage,
+                version,
+            }
+        } else if Some(target) == cur.stage.next() {
+            Outcome::Advanced {
+                from: cur.stage,
+                to: target,
+                version,
+            }
+        } else {
+            Outcome::RolledBack {
+                from: cur.stage,
+                to: target,
+                version,
+                reason: reason.to_string(),
+            }
+        })
+    }
+
+    /// Run one effect through the journal. `Some(outcome)` stops the
+    /// transition (the effect failed; the task is held with the reason).
+    async fn run_effect(
+        &self,
+        holder: &str,
+        task: &TaskRow,
+        key: &str,
+        kind: EffectKind,
+        from: Stage,
+        to: Stage,
+    ) -> Result<Option<Outcome>, EngineError> {
+        let effect = self
+            .0
+            .effects
+            .get(kind)
+            .ok_or(EngineError::MissingEffect(kind))?;
+        let ctx = EffectCtx {
+            task: task.clone(),
+            transition_key: key.to_string(),
+            kind,
+            from,
+            to,
+        };
+        let hooks = self.0.hooks.clone();
+        let task_id = task.id;
+        let at = move |p: journal::JournalPoint| {
+            let step = match p {
+                journal::JournalPoint::AfterPlanned => Step::AfterPlanned,
+                journal::JournalPoint::AfterApply => Step::AfterApply,
+                journal::JournalPoint::AfterDone => Step::AfterDone,
+            };
+            hooks.at(step, task_id);
+        };
+        let ran = journal::run(journal::RunArgs {
+            db: &self.0.db,
+            effect: effect.as_ref(),
+            ctx: &ctx,
+            version: task.stage_version,
+            holder,
+            at: &at,
+        })
+        .await;
+        match ran {
+            Ok(_) => Ok(None),
+            Err(EngineError::Effect { kind, error }) => {
+                let msg = error.to_string();
+                tasks::set_hold(
+                    self.0.db.writer(),
+                    task_id,
+                    Some(&format!("{}: {msg}", kind.as_str())),
+                )
+                .await?;
+                self.alert(
+                    "effect_failed",
+                    Some(task.work_item.clone()),
+                    format!(
+                        "{} {key}: {} failed, task held: {msg}",
+                        task.work_item,
+                        kind.as_str()
+                    ),
+                )
+                .await;
+                Ok(Some(Outcome::EffectFailed {
+                    stage: task.stage,
+                    kind,
+                    error: msg,
+                }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Operator release (`POST /transition-lease/release`): delete the lease
+    /// row of a work item's task whoever holds it, and alert. Returns the
+    /// released row, or `Ok(None)` when no lease was held; `Err` of a
+    /// `NotFound` kind is the caller's 404.
+    pub async fn force_release(
+        &self,
+        work_item: &str,
+        by: &str,
+    ) -> Result<ForceRelease, EngineError> {
+        let Some(task) = tasks::latest_by_work_item(self.0.db.reader(), work_item).await? else {
+            return Ok(ForceRelease::UnknownWorkItem);
+        };
+        let Some(row) = leases::get(self.0.db.reader(), task.id).await? else {
+            return Ok(ForceRelease::NotHeld);
+        };
+        if !leases::delete_if_holder(self.0.db.writer(), task.id, &row.holder).await? {
+            return Ok(ForceRelease::NotHeld);
+        }
+        let live = self.0.boot.is_live(&row);
+        self.0.boot.forget_holder(&row.holder);
+        self.alert(
+            "lease_force_released",
+            Some(work_item.to_string()),
+            format!(
+                "{by} force-released the transition lease of {work_item} ({} {}, held {}s, owner {})",
+                row.actor,
+                row.transition,
+                (now_ms() - row.acquired_at) / 1000,
+                if live { "alive" } else { "dead" }
+            ),
+        )
+        .await;
+        Ok(ForceRelease::Released(row))
+    }
+
+    /// At start-up: reclaim every lease whose owner is gone (an older boot),
+    /// alerting for each, then finish every transition a crash left with an
+    /// initiated effect. A lease of another live process is kept.
+    pub async fn recover_on_startup(&self) -> Result<Recovery, EngineError> {
+        let mut rec = Recovery::default();
+        for row in leases::all(self.0.db.reader()).await? {
+            if row.owner_boot_id == self.0.boot.boot_id {
+                continue;
+            }
+            if self.0.boot.is_live(&row) {
+                rec.kept_live_leases += 1;
+                tracing::warn!(
+                    task_id = row.task_id,
+                    pid = row.owner_pid,
+                    "lease of another live process kept"
+                );
+                continue;
+            }
+            if leases::delete_if_holder(self.0.db.writer(), row.task_id, &row.holder).await? {
+                rec.reclaimed_leases += 1;
+                let wi = tasks::get(self.0.db.reader(), row.task_id)
+                    .await?
+                    .map(|t| t.work_item);
+                self.alert(
+                    "lease_stale_reclaimed",
+                    wi.clone(),
+                    format!(
+                        "reclaimed the lease of {} left by boot {} (pid {}, {} {})",
+                        wi.as_deref().unwrap_or("?"),
+                        row.owner_boot_id,
+                        row.owner_pid,
+                        row.actor,
+                        row.transition
+                    ),
+                )
+                .await;
+            }
+        }
+        let mut task_ids: Vec<i64> = effects::open(self.0.db.reader())
+            .await?
+            .iter()
+            .map(|r| r.task_id)
+            .collect();
+        task_ids.dedup();
+        for id in task_ids {
+            let out = self.advance_stage(id, "recovery").await?;
+            rec.resumed_tasks.push((id, out));
+        }
+        Ok(rec)
+    }
+
+    /// The `transition_lease` block of `/queue`.
+    pub async fn lease_block(&self) -> Result<serde_json::Value, EngineError> {
+        let rows = leases::all(self.0.db.reader()).await?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let wi = tasks::get(self.0.db.reader(), r.task_id)
+                .await?
+                .map(|t| t.work_item);
+            out.push(json!({
+                "work_item": wi,
+                "actor": r.actor,
+                "transition": r.transition,
+                "age_s": (now - r.acquired_at).max(0) / 1000,
+                "live": self.0.boot.is_live(&r),
+                "owner_pid": r.owner_pid,
+            }));
+        }
+        Ok(json!({ "held": out.len(), "leases": out, "boot_id": self.0.boot.boot_id }))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ForceRelease {
+    Released(crate::db::leases::LeaseRow),
+    NotHeld,
+    UnknownWorkItem,
+}

@@ -1,0 +1,302 @@
+//! The foundation (issue: a daemon a new user starts and tests with two
+//! commands): the real router on an ephemeral port, the real binary under
+//! SIGTERM, configuration errors, migrations on empty and populated files.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orchestrator::app;
+use orchestrator::db::{Db, MIGRATOR};
+use tokio::net::TcpListener;
+
+async fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> app::Running {
+    let settings = support::settings_in(dir, extra);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    app::start(settings, listener).await.expect("daemon starts")
+}
+
+#[tokio::test]
+async fn serves_health_queue_metrics_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &[("ORCH_ADMIN_TOKEN", "s3cret")]).await;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["database"], "ok");
+
+    let queue: serde_json::Value = http
+        .get(format!("{base}/queue"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(queue["tasks"].is_array(), "{queue}");
+    assert!(queue["jobs"]["by_status"].is_object(), "{queue}");
+    assert_eq!(queue["transition_lease"]["held"], 0);
+
+    let unknown = http
+        .get(format!("{base}/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.headers()["content-type"], "application/json");
+
+    let too_big = http
+        .post(format!("{base}/transition-lease/release?work_item=X"))
+        .header("authorization", "Bearer s3cret")
+        .body(vec![b'x'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 413, "the body limit applies");
+
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"orchestrator_http_requests_total{route="/health",method="GET",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="unmatched",method="GET",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn second_daemon_on_the_same_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), &[]).await;
+    let settings = support::settings_in(dir.path(), &[]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = app::start(settings, listener).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("already running"), "{err:#}");
+    first.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &[]).await;
+    let base = format!("http://{}", running.addr);
+    // A request in flight while shutdown fires still gets its answer.
+    let client = reqwest::Client::new();
+    let inflight = tokio::spawn(async move {
+        client
+            .get(format!("{base}/queue"))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    let stopped = tokio::time::timeout(Duration::from_secs(5), running.stop()).await;
+    stopped.expect("stops within 5 s").unwrap();
+    if let Ok(status) = inflight.await.unwrap() {
+        assert_eq!(status, 200);
+    }
+}
+
+fn spawn_daemon(dir: &std::path::Path, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new(support::bin());
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+#[test]
+fn binary_exits_zero_on_sigterm_within_5s_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut child = spawn_daemon(dir.path(), &[("ORCH_BIND", &bind)]);
+    // Wait until it answers /health.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if std::net::TcpStream::connect(&bind).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "daemon did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        dir.path().join("orchestrator.db").exists(),
+        "SQLite file in the working directory"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "no exit within 5 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "exit status {status}: {err}");
+    assert!(err.contains("shut down cleanly"), "{err}");
+}
+
+#[test]
+fn bad_bind_exits_non_zero_naming_orch_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spawn_daemon(dir.path(), &[("ORCH_BIND", "nonsense")])
+        .wait_with_output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ORCH_BIND"), "{err}");
+    assert!(
+        !dir.path().join("orchestrator.db").exists(),
+        "nothing created on a config error"
+    );
+}
+
+#[test]
+fn check_config_names_file_and_line_of_broken_toml_and_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "bind = \"127.0.0.1:1\"\n\nreaper_interval_s = = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(support::bin())
+        .args(["check-config"])
+        .current_dir(dir.path())
+        .env("ORCH_CONFIG", "bad.toml")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
+
+    let ok = Command::new(support::bin())
+        .args(["check-config"])
+        .current_dir(dir.path())
+        .env("ORCH_ADMIN_TOKEN", "topsecret")
+        .env("ORCH_REAPER_INTERVAL_S", "12")
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(text.contains("reaper_interval_s = 12"), "{text}");
+    assert!(
+        text.contains("admin_token = \"***\"") && !text.contains("topsecret"),
+        "{text}"
+    );
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(support::bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+const SAMPLE_ROWS: &str = "
+INSERT INTO tasks (id, work_item, project, stage, stage_version, created_at, updated_at)
+    VALUES (1, 'DEMO-1', 'demo', 'development', 3, 1, 1);
+INSERT INTO stage_history (task_id, from_stage, to_stage, from_version, to_version, actor, at)
+    VALUES (1, 'created', 'analysis', 0, 1, 'seed', 1);
+INSERT INTO jobs (task_id, stage, role, status, created_at, updated_at)
+    VALUES (1, 'development', 'developer', 'running', 1, 1);
+INSERT INTO agent_runs (job_id, task_id, role, stage, started_at) VALUES (1, 1, 'developer', 'development', 1);
+INSERT INTO effects (task_id, transition_key, from_stage, to_stage, stage_version, kind, state, planned_at)
+    VALUES (1, 'task:1/deploy->done@v3', 'deploy', 'done', 3, 'merge_pr', 'planned', 1);
+INSERT INTO webhook_deliveries (source, delivery_id, body, received_at) VALUES ('plane', 'd-1', X'7B7D', 1);
+";
+
+#[tokio::test]
+async fn migrations_apply_to_empty_and_to_populated_databases() {
+    // Empty: every migration applies.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("empty.db")).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, MIGRATOR.migrations.len());
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    db.close().await;
+
+    // Populated: stop after the first migration, hold sample rows, then
+    // apply the rest; the rows survive. (Grows with every new migration.)
+    for upto in 1..=MIGRATOR.migrations.len() {
+        let path = dir.path().join(format!("populated-{upto}.db"));
+        let db = Db::connect(&path).await.unwrap();
+        let partial = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(MIGRATOR.migrations[..upto].to_vec()),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        partial.run(db.writer()).await.unwrap();
+        if upto == 1 {
+            sqlx::raw_sql(SAMPLE_ROWS)
+                .execute(db.writer())
+                .await
+                .unwrap();
+        }
+        db.migrate().await.unwrap();
+        let (wi, stage, v): (String, String, i64) =
+            sqlx::query_as("SELECT work_item, stage, stage_version FROM tasks WHERE id = 1")
+                .fetch_one(db.reader())
+                .await
+                .unwrap();
+        assert_eq!(
+            (wi.as_str(), stage.as_str(), v),
+            ("DEMO-1", "development", 3)
+        );
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects")
+            .fetch_one(db.reader())
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        db.close().await;
+    }
+}
