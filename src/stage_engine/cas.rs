@@ -1,6 +1,7 @@
 //! The only code that writes `tasks.stage` (invariant 1): a compare-and-swap
 //! on (stage, stage_version) with its `stage_history` row, in the caller's
-//! IMMEDIATE transaction. A lost race changes nothing.
+//! IMMEDIATE transaction. A lost race changes nothing. A won write also
+//! clears a hold: the task moved on.
 
 use sqlx::{Sqlite, Transaction};
 
@@ -32,6 +33,7 @@ pub(crate) async fn write_stage(
     let tombstone = w.to == Stage::Cancelled;
     let r = sqlx::query(
         "UPDATE tasks SET stage = ?, stage_version = stage_version + 1, updated_at = ?,
+                hold_reason = NULL, held_at = NULL,
                 tombstoned_at = CASE WHEN ? THEN ? ELSE tombstoned_at END
          WHERE id = ? AND stage = ? AND stage_version = ?",
     )

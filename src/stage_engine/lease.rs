@@ -131,9 +131,20 @@ pub struct LeaseGuard {
 impl LeaseGuard {
     pub async fn release(mut self, db: &Db) -> Result<(), sqlx::Error> {
         self.released = true;
+        // Delete first, then unregister: in between, the row must not look
+        // stale to another actor of this process (a spurious takeover alert).
+        let deleted = leases::delete_if_holder(db.writer(), self.task_id, &self.token).await;
         self.boot.holders.remove(&self.token);
-        leases::delete_if_holder(db.writer(), self.task_id, &self.token).await?;
-        Ok(())
+        deleted.map(|_| ())
+    }
+}
+
+impl LeaseGuard {
+    /// The row was deleted inside the caller's transaction (the CAS that
+    /// ends the transition): only unregister the token.
+    pub(crate) fn released_in_tx(mut self) {
+        self.released = true;
+        self.boot.holders.remove(&self.token);
     }
 }
 
@@ -179,6 +190,12 @@ pub(crate) async fn acquire(
     actor: &str,
     transition: &str,
 ) -> Result<Acquire, sqlx::Error> {
+    // Most busy answers need no write lock: a read sees the live owner.
+    if let Some(row) = leases::get(db.reader(), task_id).await?
+        && boot.is_live(&row)
+    {
+        return Ok(Acquire::Busy(row));
+    }
     let token = uuid::Uuid::new_v4().to_string();
     // Register before the row exists: from the commit on, it is live.
     boot.holders.insert(&token);

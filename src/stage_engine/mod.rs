@@ -427,12 +427,21 @@ impl Engine {
             .in_lease(&guard.token, snap, target, actor, reason)
             .await;
         self.hook(Step::BeforeRelease, task_id);
-        if let Err(e) = guard.release(&self.0.db).await {
-            // The token is already unregistered: the row is stale and the
-            // next acquirer takes it over.
-            tracing::warn!(task_id, error = %e, "lease release failed; row left stale");
+        match result {
+            // The CAS transaction deleted the lease row with the stage write.
+            Ok((out, true)) => {
+                guard.released_in_tx();
+                Ok(out)
+            }
+            other => {
+                if let Err(e) = guard.release(&self.0.db).await {
+                    // The token is unregistered: the row is stale and the
+                    // next acquirer takes it over.
+                    tracing::warn!(task_id, error = %e, "lease release failed; row left stale");
+                }
+                other.map(|(out, _)| out)
+            }
         }
-        result
     }
 
     async fn in_lease(
@@ -442,16 +451,18 @@ impl Engine {
         proposed: Stage,
         actor: &str,
         reason: &str,
-    ) -> Result<Outcome, EngineError> {
+    ) -> Result<(Outcome, bool), EngineError> {
         let task_id = snap.id;
-        let Some(cur) = tasks::get(self.0.db.writer(), task_id).await? else {
-            return Ok(Outcome::NotFound);
+        // Reads under the lease use the read pool: the lease keeps other
+        // actors out and the CAS below fences whatever slips through.
+        let Some(cur) = tasks::get(self.0.db.reader(), task_id).await? else {
+            return Ok((Outcome::NotFound, false));
         };
         if cur.stage != snap.stage || cur.stage_version != snap.stage_version {
-            return Ok(Outcome::LostRace);
+            return Ok((Outcome::LostRace, false));
         }
         let version = cur.stage_version;
-        let intent = effects::intent_at(self.0.db.writer(), task_id, version).await?;
+        let intent = effects::intent_at(self.0.db.reader(), task_id, version).await?;
 
         // 1. An effect a crashed holder initiated is finished first
         //    (reconciled, applied only if it did not happen): the critical
@@ -478,7 +489,7 @@ impl Engine {
                 )
                 .await?
             {
-                return Ok(out);
+                return Ok((out, false));
             }
         }
 
@@ -506,7 +517,7 @@ impl Engine {
                 .run_effect(holder, &cur, &key, *kind, cur.stage, target)
                 .await?
             {
-                return Ok(out);
+                return Ok((out, false));
             }
         }
 
@@ -525,16 +536,15 @@ impl Engine {
         )
         .await?;
         let Cas::Won { version } = cas else {
-            return Ok(Outcome::LostRace);
+            return Ok((Outcome::LostRace, false));
         };
-        sqlx::query("UPDATE tasks SET hold_reason = NULL, held_at = NULL WHERE id = ? AND hold_reason IS NOT NULL")
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
+        // The lease ends with the write it guarded: no window where the
+        // stage moved but the row still claims the task.
+        leases::delete_if_holder(&mut *tx, task_id, holder).await?;
         tx.commit().await?;
         self.hook(Step::AfterCas, task_id);
         tracing::info!(work_item = %cur.work_item, from = %cur.stage, to = %target, version, actor, reason, "stage moved");
-        Ok(if target == Stage::Cancelled {
+        let out = if target == Stage::Cancelled {
             Outcome::Cancelled {
                 from: cur.stage,
                 version,
@@ -552,7 +562,8 @@ impl Engine {
                 version,
                 reason: reason.to_string(),
             }
-        })
+        };
+        Ok((out, true))
     }
 
     /// Run one effect through the journal. `Some(outcome)` stops the

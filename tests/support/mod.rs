@@ -32,3 +32,4 @@ pub fn db_path(dir: &Path) -> PathBuf {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_orchestrator")
 }
+pub mod sim;
