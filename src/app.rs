@@ -29,6 +29,9 @@ pub fn instance_lock(db_path: &Path) -> anyhow::Result<InstanceLock> {
     let mut name = db_path.as_os_str().to_owned();
     name.push(".lock");
     let path = PathBuf::from(name);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -74,13 +77,14 @@ impl Running {
 pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<Running> {
     let settings = Arc::new(settings);
     let db_path = settings.database_path();
+    // The lock comes first: a second daemon must not even migrate.
+    let lock = instance_lock(&db_path)?;
     let db = Db::open(&db_path).await.with_context(|| {
         format!(
             "opening the database (ORCH_DATABASE_URL={})",
             settings.database_url
         )
     })?;
-    let lock = instance_lock(&db_path)?;
     let boot = Boot::new();
     tracing::info!(boot_id = %boot.boot_id, pid = boot.pid, db = %db_path.display(), "starting");
     let engine = Engine::builder(db.clone(), boot).build();

@@ -42,7 +42,11 @@ fn main() -> ExitCode {
 fn try_main(cli: Cli) -> anyhow::Result<()> {
     // `.env` in the working directory, then the process environment: read
     // here once and handed to the loader; nothing else reads the environment.
-    let _ = dotenvy::dotenv();
+    match dotenvy::dotenv() {
+        Ok(_) => {}
+        Err(e) if e.not_found() => {}
+        Err(e) => anyhow::bail!("cannot read .env in the working directory: {e}"),
+    }
     let env = EnvVars::from_process();
     let (settings, report) = Settings::load(&env)?;
     let filter = env

@@ -8,6 +8,10 @@ use sqlx::{Decode, Encode, Executor, FromRow, Sqlite, Type};
 use super::now_ms;
 use crate::domain::Stage;
 
+/// The terminal stages as an SQL list, for queries. Pinned to
+/// `Stage::is_terminal` by a test: terminal has one definition.
+pub const TERMINAL_SQL: &str = "('done','cancelled')";
+
 impl Type<Sqlite> for Stage {
     fn type_info() -> SqliteTypeInfo {
         <&str as Type<Sqlite>>::type_info()
@@ -128,14 +132,13 @@ pub async fn for_queue<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     recent_ms: i64,
 ) -> Result<Vec<TaskRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM tasks
-         WHERE stage NOT IN ('done','cancelled') OR updated_at >= ?
-         ORDER BY id",
-    )
-    .bind(now_ms() - recent_ms)
-    .fetch_all(ex)
-    .await
+    let sql = format!(
+        "SELECT * FROM tasks WHERE stage NOT IN {TERMINAL_SQL} OR updated_at >= ? ORDER BY id"
+    );
+    sqlx::query_as(&sql)
+        .bind(now_ms() - recent_ms)
+        .fetch_all(ex)
+        .await
 }
 
 /// Counts per stage over all live tasks.
@@ -156,17 +159,18 @@ pub async fn request_cancel<'e>(
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
     let now = now_ms();
-    let r = sqlx::query(
+    let sql = format!(
         "UPDATE tasks SET cancel_requested_at = ?, cancel_requested_by = ?, cancel_reason = ?, updated_at = ?
-         WHERE id = ? AND cancel_requested_at IS NULL AND stage NOT IN ('done','cancelled')",
-    )
-    .bind(now)
-    .bind(by)
-    .bind(reason)
-    .bind(now)
-    .bind(id)
-    .execute(ex)
-    .await?;
+         WHERE id = ? AND cancel_requested_at IS NULL AND stage NOT IN {TERMINAL_SQL}"
+    );
+    let r = sqlx::query(&sql)
+        .bind(now)
+        .bind(by)
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -215,4 +219,19 @@ pub async fn set_deploy_confirmed<'e>(
         .execute(ex)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_sql_matches_the_stage_table() {
+        let names: Vec<String> = Stage::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{s}'"))
+            .collect();
+        assert_eq!(TERMINAL_SQL, format!("({})", names.join(",")));
+    }
 }

@@ -8,25 +8,27 @@
 //! region at all; the CAS fences the write; the journal keeps an effect from
 //! running twice across crashes. See `docs/adr/0002-stage-engine.md`.
 
+pub mod advance;
 pub mod cas;
 pub mod inputs;
 pub mod journal;
 pub mod lease;
+pub mod ops;
 
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::db::tasks::{self, TaskRow};
-use crate::db::{Db, effects, leases, now_ms};
-use crate::domain::{EffectKind, GateVerdict, Stage};
+use crate::db::{Db, effects, leases};
+use crate::domain::{EffectKind, Stage};
 use crate::notify::{Alert, LogNotifier, Notifier};
 pub use cas::Cas;
 pub use inputs::{FsArtifacts, GateInputs};
 pub use journal::{Effect, EffectCtx, EffectError, EffectRegistry, EffectResult, NoopEffect};
 pub use lease::Boot;
+pub use ops::{ForceRelease, Recovery};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -198,14 +200,6 @@ pub fn noop_effects() -> EffectRegistry {
     })
 }
 
-/// What `recover_on_startup` found and did.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Recovery {
-    pub reclaimed_leases: usize,
-    pub kept_live_leases: usize,
-    pub resumed_tasks: Vec<(i64, Outcome)>,
-}
-
 impl Engine {
     pub fn builder(db: Db, boot: Arc<Boot>) -> EngineBuilder {
         EngineBuilder {
@@ -243,134 +237,6 @@ impl Engine {
 
     async fn task(&self, task_id: i64) -> Result<Option<TaskRow>, EngineError> {
         Ok(tasks::get(self.0.db.reader(), task_id).await?)
-    }
-
-    /// The one entry for monitor, webhooks, reconciler, reaper and finalizer:
-    /// judge the stage's exit gate and move the task accordingly. A journaled
-    /// transition left unfinished at this version, or a requested cancel,
-    /// takes precedence over the gate. Never panics.
-    pub async fn advance_stage(&self, task_id: i64, actor: &str) -> Result<Outcome, EngineError> {
-        let Some(snap) = self.task(task_id).await? else {
-            return Ok(Outcome::NotFound);
-        };
-        if snap.stage.is_terminal() {
-            return Ok(Outcome::Terminal { stage: snap.stage });
-        }
-        let (target, reason) = if snap.cancel_requested_at.is_some() {
-            (Stage::Cancelled, "cancel requested".to_string())
-        } else if let Some(row) =
-            effects::intent_at(self.0.db.reader(), task_id, snap.stage_version)
-                .await?
-                .first()
-        {
-            (row.to_stage, "resume journaled transition".to_string())
-        } else {
-            let spec = snap.stage.spec();
-            let Some(gate) = spec.gate else {
-                return Ok(Outcome::Terminal { stage: snap.stage });
-            };
-            let input = self.0.inputs.load(&snap).await;
-            match gate.evaluate(&input) {
-                GateVerdict::Pending(reason) => {
-                    return Ok(Outcome::Pending {
-                        stage: snap.stage,
-                        reason,
-                    });
-                }
-                GateVerdict::Fail(reason) => match spec.rollback {
-                    Some(to) => (to, reason),
-                    None => {
-                        return Ok(Outcome::GateFailed {
-                            stage: snap.stage,
-                            reason,
-                        });
-                    }
-                },
-                GateVerdict::Pass => match spec.next {
-                    Some(to) => (to, format!("gate {} passed", gate.name())),
-                    None => return Ok(Outcome::Terminal { stage: snap.stage }),
-                },
-            }
-        };
-        let out = self.transition(&snap, target, actor, &reason).await?;
-        self.apply_pending_cancel(task_id, actor).await?;
-        Ok(out)
-    }
-
-    /// The shared rollback helper for gates outside `advance_stage` (merge
-    /// gate, coverage, security): CAS from `expected` to its rollback target.
-    pub async fn rollback(
-        &self,
-        task_id: i64,
-        expected: Stage,
-        actor: &str,
-        reason: &str,
-    ) -> Result<Outcome, EngineError> {
-        let Some(snap) = self.task(task_id).await? else {
-            return Ok(Outcome::NotFound);
-        };
-        if snap.stage.is_terminal() {
-            return Ok(Outcome::Terminal { stage: snap.stage });
-        }
-        if snap.stage != expected {
-            return Ok(Outcome::LostRace);
-        }
-        let Some(target) = expected.rollback() else {
-            return Err(EngineError::InvalidTransition {
-                from: expected,
-                to: expected,
-            });
-        };
-        let out = self.transition(&snap, target, actor, reason).await?;
-        self.apply_pending_cancel(task_id, actor).await?;
-        Ok(out)
-    }
-
-    /// STOP (F-25): record the request once, then cancel now if nobody owns
-    /// the task's region, else leave it to the owner (deferred). Returns the
-    /// outcome and whether this call was the first request (notify once).
-    pub async fn cancel(
-        &self,
-        task_id: i64,
-        actor: &str,
-        reason: &str,
-    ) -> Result<(Outcome, bool), EngineError> {
-        let Some(snap) = self.task(task_id).await? else {
-            return Ok((Outcome::NotFound, false));
-        };
-        if snap.stage.is_terminal() {
-            return Ok((Outcome::Terminal { stage: snap.stage }, false));
-        }
-        let first = tasks::request_cancel(self.0.db.writer(), task_id, actor, reason).await?;
-        let Some(snap) = self.task(task_id).await? else {
-            return Ok((Outcome::NotFound, first));
-        };
-        if snap.stage.is_terminal() {
-            return Ok((Outcome::Terminal { stage: snap.stage }, first));
-        }
-        let out = match self
-            .transition(&snap, Stage::Cancelled, actor, reason)
-            .await?
-        {
-            Outcome::LeaseBusy { .. } => Outcome::CancelDeferred,
-            other => other,
-        };
-        self.apply_pending_cancel(task_id, actor).await?;
-        Ok((out, first))
-    }
-
-    /// After a release: a cancel requested while we held the lease is ours
-    /// to apply (the requester saw us busy). One attempt; if someone else
-    /// holds the lease now, they apply it.
-    async fn apply_pending_cancel(&self, task_id: i64, actor: &str) -> Result<(), EngineError> {
-        if let Some(t) = self.task(task_id).await?
-            && t.cancel_requested_at.is_some()
-            && !t.stage.is_terminal()
-        {
-            self.transition(&t, Stage::Cancelled, actor, "cancel requested")
-                .await?;
-        }
-        Ok(())
     }
 
     /// Move `snap` to `target` under the lease. The target may be replaced
@@ -510,6 +376,17 @@ impl Engine {
             });
         }
 
+        // Every effect must have an implementation BEFORE the first runs:
+        // a wiring gap must not leave half a transition (merged, not deployed).
+        if let Some(kind) = cur
+            .stage
+            .effects_to(target)
+            .iter()
+            .find(|k| self.0.effects.get(**k).is_none())
+        {
+            return Err(EngineError::MissingEffect(*kind));
+        }
+
         // 3. The transition's effects, in order, through the journal.
         let key = transition_key(task_id, cur.stage, target, version);
         for kind in cur.stage.effects_to(target) {
@@ -637,119 +514,4 @@ impl Engine {
             Err(e) => Err(e),
         }
     }
-
-    /// Operator release (`POST /transition-lease/release`): delete the lease
-    /// row of a work item's task whoever holds it, and alert. Returns the
-    /// released row, or `Ok(None)` when no lease was held; `Err` of a
-    /// `NotFound` kind is the caller's 404.
-    pub async fn force_release(
-        &self,
-        work_item: &str,
-        by: &str,
-    ) -> Result<ForceRelease, EngineError> {
-        let Some(task) = tasks::latest_by_work_item(self.0.db.reader(), work_item).await? else {
-            return Ok(ForceRelease::UnknownWorkItem);
-        };
-        let Some(row) = leases::get(self.0.db.reader(), task.id).await? else {
-            return Ok(ForceRelease::NotHeld);
-        };
-        if !leases::delete_if_holder(self.0.db.writer(), task.id, &row.holder).await? {
-            return Ok(ForceRelease::NotHeld);
-        }
-        let live = self.0.boot.is_live(&row);
-        self.0.boot.forget_holder(&row.holder);
-        self.alert(
-            "lease_force_released",
-            Some(work_item.to_string()),
-            format!(
-                "{by} force-released the transition lease of {work_item} ({} {}, held {}s, owner {})",
-                row.actor,
-                row.transition,
-                (now_ms() - row.acquired_at) / 1000,
-                if live { "alive" } else { "dead" }
-            ),
-        )
-        .await;
-        Ok(ForceRelease::Released(row))
-    }
-
-    /// At start-up: reclaim every lease whose owner is gone (an older boot),
-    /// alerting for each, then finish every transition a crash left with an
-    /// initiated effect. A lease of another live process is kept.
-    pub async fn recover_on_startup(&self) -> Result<Recovery, EngineError> {
-        let mut rec = Recovery::default();
-        for row in leases::all(self.0.db.reader()).await? {
-            if row.owner_boot_id == self.0.boot.boot_id {
-                continue;
-            }
-            if self.0.boot.is_live(&row) {
-                rec.kept_live_leases += 1;
-                tracing::warn!(
-                    task_id = row.task_id,
-                    pid = row.owner_pid,
-                    "lease of another live process kept"
-                );
-                continue;
-            }
-            if leases::delete_if_holder(self.0.db.writer(), row.task_id, &row.holder).await? {
-                rec.reclaimed_leases += 1;
-                let wi = tasks::get(self.0.db.reader(), row.task_id)
-                    .await?
-                    .map(|t| t.work_item);
-                self.alert(
-                    "lease_stale_reclaimed",
-                    wi.clone(),
-                    format!(
-                        "reclaimed the lease of {} left by boot {} (pid {}, {} {})",
-                        wi.as_deref().unwrap_or("?"),
-                        row.owner_boot_id,
-                        row.owner_pid,
-                        row.actor,
-                        row.transition
-                    ),
-                )
-                .await;
-            }
-        }
-        let mut task_ids: Vec<i64> = effects::open(self.0.db.reader())
-            .await?
-            .iter()
-            .map(|r| r.task_id)
-            .collect();
-        task_ids.dedup();
-        for id in task_ids {
-            let out = self.advance_stage(id, "recovery").await?;
-            rec.resumed_tasks.push((id, out));
-        }
-        Ok(rec)
-    }
-
-    /// The `transition_lease` block of `/queue`.
-    pub async fn lease_block(&self) -> Result<serde_json::Value, EngineError> {
-        let rows = leases::all(self.0.db.reader()).await?;
-        let now = now_ms();
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let wi = tasks::get(self.0.db.reader(), r.task_id)
-                .await?
-                .map(|t| t.work_item);
-            out.push(json!({
-                "work_item": wi,
-                "actor": r.actor,
-                "transition": r.transition,
-                "age_s": (now - r.acquired_at).max(0) / 1000,
-                "live": self.0.boot.is_live(&r),
-                "owner_pid": r.owner_pid,
-            }));
-        }
-        Ok(json!({ "held": out.len(), "leases": out, "boot_id": self.0.boot.boot_id }))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum ForceRelease {
-    Released(crate::db::leases::LeaseRow),
-    NotHeld,
-    UnknownWorkItem,
 }

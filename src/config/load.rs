@@ -1,0 +1,345 @@
+//! Loading: the environment provider and the per-key extraction with
+//! fallbacks, warnings and errors.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::de::DeserializeOwned;
+
+use super::{
+    ConfigError, EnvVars, LoadReport, PlaneTable, Project, Secret, Settings, database_path,
+};
+
+const ENV_PREFIX: &str = "ORCH_";
+/// Keys that steer loading itself, not settings.
+const NON_SETTING_ENV: &[&str] = &["ORCH_CONFIG"];
+
+/// A figment provider over a captured environment, so tests never touch the
+/// process environment and error messages can name `ORCH_FOO`.
+pub(super) struct EnvProvider<'a>(pub(super) &'a EnvVars);
+
+impl Provider for EnvProvider<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment")
+            .interpolater(|_, keys| format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (k, v) in &self.0.0 {
+            if NON_SETTING_ENV.contains(&k.as_str()) {
+                continue;
+            }
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase();
+            // `ORCH_PLANE__WORKSPACE` reaches the nested `plane.workspace`.
+            let mut path: Vec<&str> = key.split("__").collect();
+            let leaf = path.pop().unwrap_or_default().to_string();
+            let mut cur = &mut dict;
+            for seg in path {
+                let entry = cur
+                    .entry(seg.to_string())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                if !matches!(entry, Value::Dict(..)) {
+                    *entry = Value::from(Dict::new());
+                }
+                let Value::Dict(_, d) = entry else {
+                    unreachable!("just made a dict")
+                };
+                cur = d;
+            }
+            // Lenient parse like figment's own Env: "8080" is a number,
+            // "true" a bool, anything else a string.
+            let value = v
+                .parse::<Value>()
+                .unwrap_or_else(|_| Value::from(v.clone()));
+            cur.insert(leaf, value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Per-key extraction with fallbacks, collecting warnings and errors.
+pub(super) struct Fields<'a> {
+    fig: &'a Figment,
+    data: Dict,
+    seen: HashSet<String>,
+    report: &'a mut LoadReport,
+    errors: Vec<String>,
+}
+
+impl<'a> Fields<'a> {
+    pub(super) fn new(fig: &'a Figment, report: &'a mut LoadReport) -> Result<Self, ConfigError> {
+        let data = fig
+            .data()
+            .map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?
+            .remove(&Profile::Default)
+            .unwrap_or_default();
+        Ok(Self {
+            fig,
+            data,
+            seen: HashSet::new(),
+            report,
+            errors: Vec::new(),
+        })
+    }
+
+    /// "`bind` (ORCH_BIND from the environment)" or "`bind` (in /etc/o.toml)".
+    fn describe(&self, key: &str) -> String {
+        match self.fig.find_metadata(key) {
+            Some(md) if md.name == "environment" => {
+                format!(
+                    "{ENV_PREFIX}{}",
+                    key.replace('.', "__").to_ascii_uppercase()
+                )
+            }
+            Some(md) => match &md.source {
+                Some(src) => format!("`{key}` in {src}"),
+                None => format!("`{key}` ({})", md.name),
+            },
+            None => format!("`{key}`"),
+        }
+    }
+
+    fn raw(&mut self, key: &str) -> Option<Value> {
+        self.seen.insert(key.to_string());
+        self.data.get(key).cloned()
+    }
+
+    fn parse<T: DeserializeOwned>(&self, v: &Value) -> Result<T, String> {
+        T::deserialize(v).map_err(|e| e.to_string())
+    }
+
+    /// A key with a safe default: a bad value warns and falls back.
+    fn or_default<T: DeserializeOwned + fmt::Debug>(&mut self, key: &str, default: T) -> T {
+        match self.raw(key) {
+            None => default,
+            Some(v) => match self.parse::<T>(&v) {
+                Ok(t) => t,
+                Err(e) => {
+                    let w = format!(
+                        "{}: invalid value ({e}); using the default {default:?}",
+                        self.describe(key)
+                    );
+                    self.report.warnings.push(w);
+                    default
+                }
+            },
+        }
+    }
+
+    /// A positive number with a safe default; 0 or garbage falls back.
+    fn positive(&mut self, key: &str, default: u64) -> u64 {
+        let v: u64 = self.or_default(key, default);
+        if v == 0 {
+            let w = format!(
+                "{}: must be greater than 0; using the default {default}",
+                self.describe(key)
+            );
+            self.report.warnings.push(w);
+            return default;
+        }
+        v
+    }
+
+    /// A key without a safe default: a bad value is an error.
+    fn required<T: DeserializeOwned>(&mut self, key: &str, default: T, what: &str) -> T {
+        match self.raw(key) {
+            None => default,
+            Some(v) => {
+                let shown = match &v {
+                    Value::String(_, s) => format!("{s:?}"),
+                    other => format!("{other:?}"),
+                };
+                match self.parse::<T>(&v) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let e = format!("{}: {shown} is not {what}", self.describe(key));
+                        self.errors.push(e);
+                        default
+                    }
+                }
+            }
+        }
+    }
+
+    fn secret(&mut self, key: &str) -> Secret {
+        self.or_default::<String>(key, String::new()).pipe(Secret)
+    }
+
+    pub(super) fn build(mut self) -> Result<Settings, ConfigError> {
+        let d = Settings::default();
+        let bind_s: String = self.required("bind", d.bind.to_string(), "a socket address");
+        let bind = match bind_s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                let e = format!(
+                    "{}: {bind_s:?} is not a socket address (expected host:port, e.g. 127.0.0.1:8080)",
+                    self.describe("bind")
+                );
+                self.errors.push(e);
+                d.bind
+            }
+        };
+        let database_url: String =
+            self.required("database_url", d.database_url.clone(), "a database URL");
+        if database_path(&database_url).as_os_str().is_empty() {
+            let e = format!("{}: names no file", self.describe("database_url"));
+            self.errors.push(e);
+        }
+        let log_format = self.or_default("log_format", d.log_format);
+        let log_level: String = self.or_default("log_level", d.log_level.clone());
+        let log_level = if tracing_subscriber::EnvFilter::try_new(&log_level).is_ok() {
+            log_level
+        } else {
+            let w = format!(
+                "{}: {log_level:?} is not a log filter; using \"info\"",
+                self.describe("log_level")
+            );
+            self.report.warnings.push(w);
+            d.log_level.clone()
+        };
+        let plane_sandbox_projects = match self.raw("plane_sandbox_projects") {
+            None => Vec::new(),
+            Some(Value::String(_, s)) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            Some(v) => match self.parse::<Vec<String>>(&v) {
+                Ok(list) => list,
+                Err(e) => {
+                    let w = format!(
+                        "{}: invalid list ({e}); using an empty allowlist",
+                        self.describe("plane_sandbox_projects")
+                    );
+                    self.report.warnings.push(w);
+                    Vec::new()
+                }
+            },
+        };
+        let plane: PlaneTable =
+            self.required("plane", PlaneTable::default(), "a valid [plane] table");
+        let projects: Vec<Project> =
+            self.required("projects", Vec::new(), "a valid [[projects]] list");
+        self.check_projects(&projects);
+        let s = Settings {
+            bind,
+            database_url,
+            admin_token: self.secret("admin_token"),
+            log_format,
+            log_level,
+            http_body_limit_bytes: self
+                .positive("http_body_limit_bytes", d.http_body_limit_bytes as u64)
+                as usize,
+            shutdown_grace_s: self.positive("shutdown_grace_s", d.shutdown_grace_s),
+            plane_base_url: self.or_default("plane_base_url", d.plane_base_url.clone()),
+            plane_api_key: self.secret("plane_api_key"),
+            plane_webhook_secret: self.secret("plane_webhook_secret"),
+            plane_write_mode: self.or_default("plane_write_mode", d.plane_write_mode),
+            plane_sandbox_projects,
+            gitea_base_url: self.or_default("gitea_base_url", d.gitea_base_url.clone()),
+            gitea_token: self.secret("gitea_token"),
+            gitea_webhook_secret: self.secret("gitea_webhook_secret"),
+            telegram_bot_token: self.secret("telegram_bot_token"),
+            telegram_chat_id: self
+                .or_default::<Value>("telegram_chat_id", Value::from(""))
+                .pipe(|v| match v {
+                    Value::String(_, s) => s,
+                    Value::Num(_, n) => n.to_i128().map(|n| n.to_string()).unwrap_or_default(),
+                    _ => String::new(),
+                }),
+            telegram_api_url: self.or_default("telegram_api_url", d.telegram_api_url.clone()),
+            workspace_root: self.or_default("workspace_root", d.workspace_root.clone()),
+            agent_command: self.or_default("agent_command", d.agent_command.clone()),
+            worker_poll_interval_ms: self
+                .positive("worker_poll_interval_ms", d.worker_poll_interval_ms),
+            reconciler_interval_s: self.positive("reconciler_interval_s", d.reconciler_interval_s),
+            reaper_interval_s: self.positive("reaper_interval_s", d.reaper_interval_s),
+            reaper_finalize_grace_s: self
+                .positive("reaper_finalize_grace_s", d.reaper_finalize_grace_s),
+            reaper_max_running_s: self.positive("reaper_max_running_s", d.reaper_max_running_s),
+            agent_stall_timeout_s: self.positive("agent_stall_timeout_s", d.agent_stall_timeout_s),
+            merge_retest_timeout_s: self
+                .positive("merge_retest_timeout_s", d.merge_retest_timeout_s),
+            merge_retry_max_attempts: self.positive(
+                "merge_retry_max_attempts",
+                d.merge_retry_max_attempts as u64,
+            ) as u32,
+            merge_retry_base_s: self.positive("merge_retry_base_s", d.merge_retry_base_s),
+            merge_retry_max_s: self.positive("merge_retry_max_s", d.merge_retry_max_s),
+            post_deploy_window_s: self.positive("post_deploy_window_s", d.post_deploy_window_s),
+            post_deploy_tick_s: self.positive("post_deploy_tick_s", d.post_deploy_tick_s),
+            plane,
+            projects,
+        };
+        let unknown: Vec<String> = self
+            .data
+            .keys()
+            .filter(|k| !self.seen.contains(*k))
+            .cloned()
+            .collect();
+        for k in unknown {
+            let w = format!("{}: unknown setting, ignored", self.describe(&k));
+            self.report.warnings.push(w);
+        }
+        if self.errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(ConfigError::Invalid(self.errors))
+        }
+    }
+
+    fn check_projects(&mut self, projects: &[Project]) {
+        let mut names = HashSet::new();
+        for (i, p) in projects.iter().enumerate() {
+            let at = format!("projects[{i}]");
+            if p.name.trim().is_empty() {
+                self.errors.push(format!(
+                    "{}: `{at}.name` is empty",
+                    self.describe("projects")
+                ));
+            } else if !names.insert(p.name.clone()) {
+                self.errors.push(format!(
+                    "{}: `{at}.name` {:?} is used twice",
+                    self.describe("projects"),
+                    p.name
+                ));
+            }
+            if p.repo_url.trim().is_empty() {
+                self.errors.push(format!(
+                    "{}: `{at}.repo_url` is missing (project {:?}); it has no default",
+                    self.describe("projects"),
+                    p.name
+                ));
+            }
+            if p.default_branch.trim().is_empty() {
+                self.errors.push(format!(
+                    "{}: `{at}.default_branch` is empty",
+                    self.describe("projects")
+                ));
+            }
+        }
+    }
+}
+
+/// `x.pipe(f)` reads left to right where a nested call would not.
+trait Pipe: Sized {
+    fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}

@@ -1,0 +1,359 @@
+//! Settings (F-31): built-in defaults → TOML file named by `ORCH_CONFIG` →
+//! `ORCH_*` environment. Loaded once at the edge and passed down; nothing else
+//! in the crate reads the environment.
+//!
+//! Validation is per key: a key with a safe default falls back to it with a
+//! warning naming the key; a key without one (the bind address, a project's
+//! `repo_url`) fails start-up with a message naming the key and its source.
+
+mod load;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::{Deserialize, Serialize, Serializer};
+
+use load::{EnvProvider, Fields, line_col};
+
+/// A secret value: never printed, never serialized in clear.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The clear value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// F-04: who may be written to in Plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaneWriteMode {
+    Live,
+    Sandbox,
+    Off,
+}
+
+/// Plane status names; ids are resolved through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlaneStatuses {
+    pub to_analyse: String,
+    pub needs_input: String,
+    pub in_progress: String,
+    pub in_review: String,
+    pub approved: String,
+    pub rejected: String,
+    pub stop: String,
+    pub confirm_deploy: String,
+    pub awaiting_deploy: String,
+    pub deploying: String,
+    pub monitoring: String,
+    pub done: String,
+    pub cancelled: String,
+}
+
+impl Default for PlaneStatuses {
+    fn default() -> Self {
+        Self {
+            to_analyse: "To Analyse".into(),
+            needs_input: "Needs Input".into(),
+            in_progress: "In Progress".into(),
+            in_review: "In Review".into(),
+            approved: "Approved".into(),
+            rejected: "Rejected".into(),
+            stop: "STOP".into(),
+            confirm_deploy: "Confirm Deploy".into(),
+            awaiting_deploy: "Awaiting Deploy".into(),
+            deploying: "Deploying".into(),
+            monitoring: "Monitoring after Deploy".into(),
+            done: "Done".into(),
+            cancelled: "Cancelled".into(),
+        }
+    }
+}
+
+/// The `[plane]` table of the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlaneTable {
+    pub workspace: String,
+    pub statuses: PlaneStatuses,
+}
+
+/// Per-role override of the agent command, model and effort.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentOverride {
+    pub command: Option<String>,
+    pub model: Option<String>,
+    pub effort: Option<String>,
+}
+
+/// One `[[projects]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub name: String,
+    #[serde(default)]
+    pub plane_project_id: String,
+    #[serde(default)]
+    pub work_item_prefix: String,
+    /// Required: any git URL the daemon can fetch from and push to.
+    #[serde(default)]
+    pub repo_url: String,
+    #[serde(default)]
+    pub gitea_repo: String,
+    #[serde(default = "default_branch")]
+    pub default_branch: String,
+    #[serde(default)]
+    pub test_command: String,
+    #[serde(default)]
+    pub deterministic_tester: bool,
+    #[serde(default)]
+    pub staging_command: String,
+    #[serde(default)]
+    pub deploy_command: String,
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentOverride>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+
+/// The daemon's whole configuration. Every field `foo_bar` is `ORCH_FOO_BAR`
+/// in the environment; `.env.example` documents each one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub admin_token: Secret,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// Upper bound for a request body, in bytes.
+    pub http_body_limit_bytes: usize,
+    /// How long shutdown waits for in-flight requests and loops.
+    pub shutdown_grace_s: u64,
+
+    pub plane_base_url: String,
+    pub plane_api_key: Secret,
+    pub plane_webhook_secret: Secret,
+    pub plane_write_mode: PlaneWriteMode,
+    pub plane_sandbox_projects: Vec<String>,
+    pub gitea_base_url: String,
+    pub gitea_token: Secret,
+    pub gitea_webhook_secret: Secret,
+    pub telegram_bot_token: Secret,
+    pub telegram_chat_id: String,
+    pub telegram_api_url: String,
+
+    pub workspace_root: PathBuf,
+    pub agent_command: String,
+
+    pub worker_poll_interval_ms: u64,
+    pub reconciler_interval_s: u64,
+    pub reaper_interval_s: u64,
+    pub reaper_finalize_grace_s: u64,
+    pub reaper_max_running_s: u64,
+    pub agent_stall_timeout_s: u64,
+    pub merge_retest_timeout_s: u64,
+    pub merge_retry_max_attempts: u32,
+    pub merge_retry_base_s: u64,
+    pub merge_retry_max_s: u64,
+    pub post_deploy_window_s: u64,
+    pub post_deploy_tick_s: u64,
+
+    pub plane: PlaneTable,
+    pub projects: Vec<Project>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".parse().expect("literal address"),
+            database_url: "sqlite://orchestrator.db".into(),
+            admin_token: Secret::default(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            http_body_limit_bytes: 1024 * 1024,
+            shutdown_grace_s: 4,
+            plane_base_url: String::new(),
+            plane_api_key: Secret::default(),
+            plane_webhook_secret: Secret::default(),
+            plane_write_mode: PlaneWriteMode::Live,
+            plane_sandbox_projects: Vec::new(),
+            gitea_base_url: String::new(),
+            gitea_token: Secret::default(),
+            gitea_webhook_secret: Secret::default(),
+            telegram_bot_token: Secret::default(),
+            telegram_chat_id: String::new(),
+            telegram_api_url: "https://api.telegram.org".into(),
+            workspace_root: PathBuf::from("workspaces"),
+            agent_command:
+                "claude -p \"$(cat \"$ORCH_PROMPT_FILE\")\" --output-format stream-json --verbose"
+                    .into(),
+            worker_poll_interval_ms: 1000,
+            reconciler_interval_s: 60,
+            reaper_interval_s: 30,
+            reaper_finalize_grace_s: 300,
+            reaper_max_running_s: 7200,
+            agent_stall_timeout_s: 900,
+            merge_retest_timeout_s: 900,
+            merge_retry_max_attempts: 3,
+            merge_retry_base_s: 2,
+            merge_retry_max_s: 5,
+            post_deploy_window_s: 1800,
+            post_deploy_tick_s: 60,
+            plane: PlaneTable::default(),
+            projects: Vec::new(),
+        }
+    }
+}
+
+/// Why the configuration cannot be used. Every variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path} (named by ORCH_CONFIG): {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: line {line}, column {column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// What loading produced besides the settings: warnings for keys that fell
+/// back to their default, to be logged once logging is up.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub warnings: Vec<String>,
+    pub file: Option<PathBuf>,
+}
+
+/// The process environment as the loader sees it: `ORCH_*` pairs.
+/// `main` collects it once (after reading `.env`); tests build their own.
+#[derive(Debug, Clone, Default)]
+pub struct EnvVars(Vec<(String, String)>);
+
+impl EnvVars {
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Settings {
+    /// Load from the file named by `ORCH_CONFIG` (if any) and the environment.
+    pub fn load(env: &EnvVars) -> Result<(Settings, LoadReport), ConfigError> {
+        let file = env.get("ORCH_CONFIG").map(PathBuf::from);
+        Self::load_with(file.as_deref(), env)
+    }
+
+    pub fn load_with(
+        file: Option<&Path>,
+        env: &EnvVars,
+    ) -> Result<(Settings, LoadReport), ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            // Parse once ourselves so a syntax error names file, line and column.
+            if let Err(e) = text.parse::<toml::Table>() {
+                let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+                return Err(ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: e.message().to_string(),
+                });
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(EnvProvider(env));
+        let mut report = LoadReport {
+            file: file.map(Path::to_path_buf),
+            ..Default::default()
+        };
+        let settings = Fields::new(&fig, &mut report)?.build()?;
+        Ok((settings, report))
+    }
+
+    /// The database file path behind `database_url` (`sqlite://<path>`,
+    /// `sqlite:<path>` or a plain path).
+    pub fn database_path(&self) -> PathBuf {
+        database_path(&self.database_url)
+    }
+
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.projects.iter().find(|p| p.name == name)
+    }
+}
+
+pub fn database_path(url: &str) -> PathBuf {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let rest = rest.split('?').next().unwrap_or(rest);
+    PathBuf::from(rest)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> EnvVars {
+    EnvVars::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+fn toml_file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+#[test]
+fn defaults_without_file_or_env() {
+    let (s, r) = Settings::load(&env(&[])).unwrap();
+    assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(s.database_path(), PathBuf::from("orchestrator.db"));
+    assert_eq!(s.reaper_finalize_grace_s, 300);
+    assert_eq!(s.merge_retest_timeout_s, 900);
+    assert_eq!(s.plane_write_mode, PlaneWriteMode::Live);
+    assert_eq!(s.plane.statuses.monitoring, "Monitoring after Deploy");
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}
+
+#[test]
+fn precedence_default_then_file_then_env() {
+    let f =
+        toml_file("bind = \"127.0.0.1:9000\"\nreaper_interval_s = 7\nagent_command = \"file\"\n");
+    let (s, _) = Settings::load_with(Some(f.path()), &env(&[])).unwrap();
+    assert_eq!(s.bind.port(), 9000);
+    assert_eq!(s.reaper_interval_s, 7);
+    assert_eq!(
+        s.reconciler_interval_s, 60,
+        "untouched key keeps its default"
+    );
+
+    let e = env(&[
+        ("ORCH_REAPER_INTERVAL_S", "11"),
+        ("ORCH_AGENT_COMMAND", "env"),
+    ]);
+    let (s, _) = Settings::load_with(Some(f.path()), &e).unwrap();
+    assert_eq!(s.bind.port(), 9000, "file beats default");
+    assert_eq!(s.reaper_interval_s, 11, "env beats file");
+    assert_eq!(s.agent_command, "env");
+}
+
+#[test]
+fn orch_config_names_the_file() {
+    let f = toml_file("reaper_interval_s = 5\n");
+    let e = env(&[("ORCH_CONFIG", f.path().to_str().unwrap())]);
+    let (s, r) = Settings::load(&e).unwrap();
+    assert_eq!(s.reaper_interval_s, 5);
+    assert_eq!(r.file.as_deref(), Some(f.path()));
+    assert!(
+        r.warnings.is_empty(),
+        "ORCH_CONFIG is not a setting: {:?}",
+        r.warnings
+    );
+}
+
+#[test]
+fn bad_bind_fails_naming_the_key() {
+    let err = Settings::load(&env(&[("ORCH_BIND", "nonsense")])).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("ORCH_BIND"), "{msg}");
+    assert!(msg.contains("nonsense"), "{msg}");
+}
+
+#[test]
+fn bad_value_with_safe_default_falls_back_with_warning() {
+    let e = env(&[
+        ("ORCH_REAPER_INTERVAL_S", "soon"),
+        ("ORCH_MERGE_RETEST_TIMEOUT_S", "0"),
+        ("ORCH_PLANE_WRITE_MODE", "yolo"),
+    ]);
+    let (s, r) = Settings::load(&e).unwrap();
+    assert_eq!(s.reaper_interval_s, 30);
+    assert_eq!(s.merge_retest_timeout_s, 900);
+    assert_eq!(s.plane_write_mode, PlaneWriteMode::Live);
+    let all = r.warnings.join("\n");
+    for key in [
+        "ORCH_REAPER_INTERVAL_S",
+        "ORCH_MERGE_RETEST_TIMEOUT_S",
+        "ORCH_PLANE_WRITE_MODE",
+    ] {
+        assert!(all.contains(key), "no warning names {key}: {all}");
+    }
+}
+
+#[test]
+fn unknown_key_warns() {
+    let (_, r) = Settings::load(&env(&[("ORCH_REAPR_INTERVAL_S", "5")])).unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("ORCH_REAPR_INTERVAL_S")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+#[test]
+fn project_without_repo_url_fails_naming_the_key() {
+    let f = toml_file("[[projects]]\nname = \"demo\"\nwork_item_prefix = \"DEMO\"\n");
+    let err = Settings::load_with(Some(f.path()), &env(&[])).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("projects[0].repo_url"), "{msg}");
+}
+
+#[test]
+fn projects_and_plane_table_parse() {
+    let f = toml_file(
+        r#"
+[plane]
+workspace = "acme"
+statuses = { stop = "Halt" }
+
+[[projects]]
+name = "demo"
+plane_project_id = "c1d2"
+work_item_prefix = "DEMO"
+repo_url = "/srv/git/demo.git"
+gitea_repo = "team/demo"
+test_command = "cargo test"
+
+[projects.agents.developer]
+command = "my-agent"
+"#,
+    );
+    let (s, _) = Settings::load_with(Some(f.path()), &env(&[])).unwrap();
+    assert_eq!(s.plane.workspace, "acme");
+    assert_eq!(s.plane.statuses.stop, "Halt");
+    assert_eq!(
+        s.plane.statuses.done, "Done",
+        "unset status keeps its default"
+    );
+    let p = s.project("demo").unwrap();
+    assert_eq!(p.default_branch, "main");
+    assert_eq!(p.agents["developer"].command.as_deref(), Some("my-agent"));
+}
+
+#[test]
+fn broken_toml_names_file_and_line() {
+    let f = toml_file("bind = \"127.0.0.1:8080\"\nreaper_interval_s = = 3\n");
+    let err = Settings::load_with(Some(f.path()), &env(&[])).unwrap_err();
+    match &err {
+        ConfigError::Syntax { path, line, .. } => {
+            assert_eq!(path, f.path());
+            assert_eq!(*line, 2);
+        }
+        other => panic!("expected a syntax error, got {other}"),
+    }
+    assert!(err.to_string().contains(&f.path().display().to_string()));
+}
+
+#[test]
+fn secrets_are_redacted() {
+    let e = env(&[
+        ("ORCH_ADMIN_TOKEN", "hunter2"),
+        ("ORCH_PLANE_API_KEY", "k-123"),
+    ]);
+    let (s, _) = Settings::load(&e).unwrap();
+    assert_eq!(s.admin_token.expose(), "hunter2");
+    let shown = format!("{s:?}{}", serde_json::to_string(&s).unwrap());
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("k-123"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn sandbox_projects_from_comma_list() {
+    let (s, _) = Settings::load(&env(&[("ORCH_PLANE_SANDBOX_PROJECTS", "a, b,,c")])).unwrap();
+    assert_eq!(s.plane_sandbox_projects, vec!["a", "b", "c"]);
+}
+
+#[test]
+fn database_url_forms() {
+    assert_eq!(
+        database_path("sqlite:///tmp/x.db"),
+        PathBuf::from("/tmp/x.db")
+    );
+    assert_eq!(
+        database_path("sqlite://x.db?mode=rwc"),
+        PathBuf::from("x.db")
+    );
+    assert_eq!(database_path("/var/o.db"), PathBuf::from("/var/o.db"));
+}
