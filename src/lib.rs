@@ -6,18 +6,22 @@
 //! - `db`: SQLite pools (one writer, a read pool), migrations, one file per table.
 //! - `domain`: pure types: the stage table (F-09), verdict parsing, gates (QG_CHECKS).
 //! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
+//! - `clients`: the `Tracker` and `Forge` ports (Plane, Gitea) and their adapters.
 //! - `notify`: the `Notifier` port for alerts.
+//! - `pipeline`: what events mean; after a stage move, the next job and the tracker status.
 //! - `http`: the router, `/health`, `/queue`, `/metrics`, the admin lease release.
 //! - `shutdown`: one shutdown signal and the loop supervisor.
 //! - `app`: wiring and the start-up/shutdown order.
 //! - `telemetry`: tracing set-up.
 
 pub mod app;
+pub mod clients;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod http;
 pub mod notify;
+pub mod pipeline;
 pub mod shutdown;
 pub mod stage_engine;
 pub mod telemetry;

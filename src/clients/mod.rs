@@ -1,0 +1,116 @@
+//! The ports to the outside: the tracker (Plane), the forge (Gitea + git).
+//! The pipeline talks to these traits; `plane.rs` and `gitea.rs` hold the
+//! HTTP adapters, tests plug in doubles.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+/// Why a call to an outside system failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    /// The write guard (F-04) refused the write before any network step.
+    #[error("blocked by the write guard: {0}")]
+    Blocked(String),
+    /// Configuration or lookup problem on our side (unknown status name...).
+    #[error("{0}")]
+    Config(String),
+    /// The remote answered with an error that retrying will not fix.
+    #[error("{service} answered {status}: {body}")]
+    Rejected {
+        service: &'static str,
+        status: u16,
+        body: String,
+    },
+    /// Network error, timeout, or retries exhausted on a transient answer.
+    #[error("{service} unavailable: {detail}")]
+    Unavailable {
+        service: &'static str,
+        detail: String,
+    },
+}
+
+/// A work item as the tracker knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrackerRef {
+    /// Our project name (`[[projects]].name`).
+    pub project: String,
+    /// The tracker's project id (`plane_project_id`).
+    pub tracker_project_id: String,
+    /// The tracker's id of the work item (Plane issue uuid).
+    pub issue_id: String,
+    /// `DEMO-12`.
+    pub work_item: String,
+}
+
+/// F-03: what the pipeline needs from the tracker. Status keys are the keys
+/// of `[plane].statuses` (`in_progress`, `needs_input`, ...).
+#[async_trait]
+pub trait Tracker: Send + Sync {
+    async fn set_status(&self, item: &TrackerRef, status_key: &str) -> Result<(), ClientError>;
+    /// Add a comment once: `idempotency_key` makes a repeat a no-op.
+    async fn add_comment(
+        &self,
+        item: &TrackerRef,
+        idempotency_key: &str,
+        html: &str,
+    ) -> Result<(), ClientError>;
+    /// The newest comment's HTML (by creation time), if any.
+    async fn latest_comment(&self, item: &TrackerRef) -> Result<Option<String>, ClientError>;
+    /// The status key the work item is at now (the reconciler's poll, F-16);
+    /// `None` when its status is none of ours.
+    async fn current_status(&self, item: &TrackerRef) -> Result<Option<String>, ClientError>;
+}
+
+/// A repository as the forge and git know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForgeRepo {
+    /// `owner/name` on the forge.
+    pub full_name: String,
+    pub default_branch: String,
+    /// The local clone the daemon keeps (for `merge-base --is-ancestor`).
+    pub local_clone: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "pr", rename_all = "snake_case")]
+pub enum PrState {
+    Open {
+        number: u64,
+    },
+    /// The branch is already fully in the default branch: no PR was made.
+    AlreadyInMain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "merge", rename_all = "snake_case")]
+pub enum MergeOutcome {
+    Merged {
+        sha: String,
+    },
+    /// A terminal refusal (403, 404, not mergeable) or retries exhausted.
+    NotMerged {
+        reason: String,
+    },
+}
+
+/// F-07: what the pipeline needs from the forge.
+#[async_trait]
+pub trait Forge: Send + Sync {
+    async fn ensure_open_pr(
+        &self,
+        repo: &ForgeRepo,
+        branch: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PrState, ClientError>;
+    async fn merge_pr(
+        &self,
+        repo: &ForgeRepo,
+        number: u64,
+        head_sha: &str,
+    ) -> Result<MergeOutcome, ClientError>;
+    /// Is this commit reachable from the default branch on the forge?
+    async fn sha_in_main(&self, repo: &ForgeRepo, sha: &str) -> Result<bool, ClientError>;
+    /// Delete a feature branch; refuses the default branch before any call.
+    async fn delete_branch(&self, repo: &ForgeRepo, branch: &str) -> Result<(), ClientError>;
+}

@@ -1,0 +1,110 @@
+//! What events mean. Every handler moves tasks only through the stage
+//! engine; this module decides what follows a move: the next agent job and
+//! the tracker status.
+
+use std::sync::Arc;
+
+use crate::clients::{ClientError, Forge, Tracker, TrackerRef};
+use crate::config::Settings;
+use crate::db::tasks::{self, TaskRow};
+use crate::db::{Db, jobs};
+use crate::domain::Stage;
+use crate::notify::Notifier;
+use crate::stage_engine::{Engine, EngineError, Outcome};
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub engine: Engine,
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    pub tracker: Arc<dyn Tracker>,
+    pub forge: Arc<dyn Forge>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+/// The agent role whose job starts when a task enters `stage`. `deploy`
+/// parks until a person confirms (F-23): no job on entry.
+pub fn job_role(stage: Stage) -> Option<&'static str> {
+    match stage {
+        Stage::Deploy => None,
+        s if s.is_terminal() => None,
+        s => s.spec().role,
+    }
+}
+
+impl Pipeline {
+    /// The tracker's handle of a task, when it came from the tracker.
+    pub fn tracker_ref(&self, task: &TaskRow) -> Option<TrackerRef> {
+        let issue_id = task.plane_issue_id.clone()?;
+        let project = self.settings.project(&task.project)?;
+        Some(TrackerRef {
+            project: project.name.clone(),
+            tracker_project_id: project.plane_project_id.clone(),
+            issue_id,
+            work_item: task.work_item.clone(),
+        })
+    }
+
+    /// Advance a task and do what follows a move.
+    pub async fn advance(&self, task_id: i64, actor: &str) -> Result<Outcome, EngineError> {
+        let out = self.engine.advance_stage(task_id, actor).await?;
+        self.after_move(task_id, &out).await?;
+        Ok(out)
+    }
+
+    /// After a move: queue the new stage's job (with the rollback reason as
+    /// context for the next prompt) and show the stage's status.
+    pub async fn after_move(&self, task_id: i64, out: &Outcome) -> Result<(), EngineError> {
+        let (to, context) = match out {
+            Outcome::Advanced { to, .. } => (*to, String::new()),
+            Outcome::RolledBack { to, reason, .. } => (*to, reason.clone()),
+            Outcome::Cancelled { .. } => (Stage::Cancelled, String::new()),
+            _ => return Ok(()),
+        };
+        let Some(task) = tasks::get(self.db.reader(), task_id).await? else {
+            return Ok(());
+        };
+        if task.stage != to {
+            // Moved again meanwhile (a deferred cancel): that move's caller acts.
+            return Ok(());
+        }
+        if let Some(role) = job_role(to) {
+            let q = jobs::enqueue(&self.db, task_id, to, role, 1, &context).await?;
+            tracing::info!(work_item = %task.work_item, stage = %to, role, job = q.id(), "job queued");
+        }
+        self.show_stage(&task, actor_of(out)).await;
+        Ok(())
+    }
+
+    /// Set the tracker status that belongs to the task's stage. Failures are
+    /// logged, never fatal: the reconciler converges the status later (F-16).
+    pub async fn show_stage(&self, task: &TaskRow, caller: &str) {
+        let key = task.stage.spec().plane_status;
+        if let Err(e) = self.set_status(task, key, caller).await {
+            tracing::warn!(work_item = %task.work_item, status = key, error = %e, "tracker status not set");
+        }
+    }
+
+    /// Every status write of the pipeline goes through here.
+    pub async fn set_status(
+        &self,
+        task: &TaskRow,
+        key: &str,
+        caller: &str,
+    ) -> Result<(), ClientError> {
+        let Some(item) = self.tracker_ref(task) else {
+            return Ok(());
+        };
+        tracing::debug!(work_item = %task.work_item, status = key, caller, "setting tracker status");
+        self.tracker.set_status(&item, key).await
+    }
+}
+
+fn actor_of(out: &Outcome) -> &'static str {
+    match out {
+        Outcome::Cancelled { .. } => "cancel",
+        Outcome::RolledBack { .. } => "rollback",
+        _ => "advance",
+    }
+}
