@@ -152,11 +152,12 @@ async fn serve(
 
 /// `orchestrator serve`: bind, start, run until SIGTERM/SIGINT.
 pub async fn serve_until_signal(settings: Settings) -> anyhow::Result<()> {
+    let signals = shutdown::Signals::install().context("installing SIGTERM/SIGINT handlers")?;
     let bind = settings.bind;
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind} (ORCH_BIND)"))?;
     let running = start(settings, listener).await?;
-    shutdown::os_signal().await;
+    signals.recv().await;
     running.stop().await
 }

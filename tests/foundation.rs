@@ -266,8 +266,8 @@ async fn migrations_apply_to_empty_and_to_populated_databases() {
     assert_eq!(mode, "wal");
     db.close().await;
 
-    // Populated: stop after the first migration, hold sample rows, then
-    // apply the rest; the rows survive. (Grows with every new migration.)
+    // Populated: stop after each prefix of the migrations, hold sample rows,
+    // then apply the rest; the rows survive every later migration.
     for upto in 1..=MIGRATOR.migrations.len() {
         let path = dir.path().join(format!("populated-{upto}.db"));
         let db = Db::connect(&path).await.unwrap();
@@ -276,12 +276,10 @@ async fn migrations_apply_to_empty_and_to_populated_databases() {
             ..sqlx::migrate::Migrator::DEFAULT
         };
         partial.run(db.writer()).await.unwrap();
-        if upto == 1 {
-            sqlx::raw_sql(SAMPLE_ROWS)
-                .execute(db.writer())
-                .await
-                .unwrap();
-        }
+        sqlx::raw_sql(SAMPLE_ROWS)
+            .execute(db.writer())
+            .await
+            .unwrap();
         db.migrate().await.unwrap();
         let (wi, stage, v): (String, String, i64) =
             sqlx::query_as("SELECT work_item, stage, stage_version FROM tasks WHERE id = 1")
