@@ -13,9 +13,13 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::clients;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::http::{self, AppState, Metrics};
+use crate::intake::{Intake, Replay};
+use crate::notify::LogNotifier;
+use crate::pipeline::Pipeline;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger, Supervisor};
 use crate::stage_engine::{Boot, Engine};
 
@@ -46,6 +50,36 @@ pub fn instance_lock(db_path: &Path) -> anyhow::Result<InstanceLock> {
         )
     })?;
     Ok(InstanceLock { _lock: lock, path })
+}
+
+/// The pipeline over the real clients (F-03, F-07): Plane and Gitea when
+/// their base URLs are set, else a tracker and a forge that do nothing.
+pub fn build_pipeline(settings: Arc<Settings>, db: Db, engine: Engine) -> Pipeline {
+    Pipeline {
+        tracker: clients::plane::tracker_from_settings(&settings),
+        forge: clients::gitea::forge_from_settings(&settings),
+        notifier: Arc::new(LogNotifier),
+        engine,
+        db,
+        settings,
+    }
+}
+
+/// `orchestrator replay <delivery id> [--force]` (B-6): run a stored
+/// delivery through the intake's processing again, in this process, next to
+/// a running daemon or without one (the stage engine's lease and CAS fence
+/// both).
+pub async fn replay(settings: Settings, delivery_id: &str, force: bool) -> anyhow::Result<Replay> {
+    let settings = Arc::new(settings);
+    let db_path = settings.database_path();
+    let db = Db::open(&db_path)
+        .await
+        .with_context(|| format!("opening the database {}", db_path.display()))?;
+    let engine = Engine::builder(db.clone(), Boot::new()).build();
+    let intake = Intake::new(build_pipeline(settings, db.clone(), engine));
+    let out = intake.replay(delivery_id, force).await;
+    db.close().await;
+    Ok(out?)
 }
 
 /// A started daemon: the address it serves on and the handle that ends it.
@@ -98,7 +132,15 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         "recovery done"
     );
 
-    let supervisor = Supervisor::new();
+    let mut supervisor = Supervisor::new();
+    // Intake (F-01, F-06): the worker acts on stored deliveries after the
+    // answer; its first tick also picks up what a crash left unprocessed.
+    let intake = Intake::new(build_pipeline(settings.clone(), db.clone(), engine.clone()));
+    let worker = intake.clone();
+    supervisor.spawn_loop("intake", Duration::from_millis(10), move || {
+        let worker = worker.clone();
+        async move { worker.tick(Duration::from_secs(1)).await.map(|_| ()) }
+    });
     let state = AppState {
         settings: settings.clone(),
         db: db.clone(),
@@ -106,7 +148,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         metrics: Arc::new(Metrics::default()),
         blocks: Arc::new(Vec::new()),
     };
-    let router = http::router(state);
+    let router = http::router_with_intake(state, Some(intake));
     let addr = listener.local_addr()?;
     let (trigger, stop) = shutdown::channel();
     let grace = Duration::from_secs(settings.shutdown_grace_s);

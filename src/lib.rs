@@ -7,6 +7,9 @@
 //! - `domain`: pure types: the stage table (F-09), verdict parsing, gates (QG_CHECKS).
 //! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
 //! - `clients`: the `Tracker` and `Forge` ports (Plane, Gitea) and their adapters.
+//! - `intake`: signed Plane and Gitea webhooks in, stored, deduplicated, replayable (F-01, F-06, B-6).
+//! - `events`: what a webhook means, independent of its wire format.
+//! - `gates`: guards before outside writes (F-05 deploy status guard).
 //! - `notify`: the `Notifier` port for alerts.
 //! - `pipeline`: what events mean; after a stage move, the next job and the tracker status.
 //! - `http`: the router, `/health`, `/queue`, `/metrics`, the admin lease release.
@@ -19,7 +22,10 @@ pub mod clients;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod events;
+pub mod gates;
 pub mod http;
+pub mod intake;
 pub mod notify;
 pub mod pipeline;
 pub mod shutdown;

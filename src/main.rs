@@ -26,6 +26,16 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted); non-zero when invalid.
     CheckConfig,
+    /// Feed a stored webhook delivery through the intake again (B-6);
+    /// an already processed one is skipped unless --force.
+    Replay {
+        /// The delivery id (X-Plane-Delivery / X-Gitea-Delivery); prefix
+        /// `plane:` or `gitea:` when both sources stored it.
+        delivery_id: String,
+        /// Process it again even if it was processed already.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +74,11 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             let path = settings.database_path();
             Db::open(&path).await?;
             println!("migrations applied to {}", path.display());
+            Ok(())
+        }),
+        Command::Replay { delivery_id, force } => runtime.block_on(async {
+            let out = app::replay(settings, &delivery_id, force).await?;
+            println!("{}", serde_json::to_string(&out)?);
             Ok(())
         }),
         Command::CheckConfig => {

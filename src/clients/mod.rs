@@ -2,6 +2,10 @@
 //! The pipeline talks to these traits; `plane.rs` and `gitea.rs` hold the
 //! HTTP adapters, tests plug in doubles.
 
+pub mod gitea;
+pub mod plane;
+pub mod retry;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -59,6 +63,20 @@ pub trait Tracker: Send + Sync {
     /// The status key the work item is at now (the reconciler's poll, F-16);
     /// `None` when its status is none of ours.
     async fn current_status(&self, item: &TrackerRef) -> Result<Option<String>, ClientError>;
+    /// The tracker user our writes are made as: webhooks it caused are
+    /// echoes of our own writes (F-01). `None` when unknown.
+    async fn bot_user_id(&self) -> Result<Option<String>, ClientError> {
+        Ok(None)
+    }
+    /// The status key of a tracker state id in a project (a webhook carries
+    /// the id); `None` when the state is none of ours.
+    async fn status_key_of(
+        &self,
+        _tracker_project_id: &str,
+        _state_id: &str,
+    ) -> Result<Option<String>, ClientError> {
+        Ok(None)
+    }
 }
 
 /// A repository as the forge and git know it.

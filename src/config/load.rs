@@ -251,6 +251,7 @@ impl<'a> Fields<'a> {
             plane_webhook_secret: self.secret("plane_webhook_secret"),
             plane_write_mode: self.or_default("plane_write_mode", d.plane_write_mode),
             plane_sandbox_projects,
+            plane_bot_user_id: self.or_default("plane_bot_user_id", d.plane_bot_user_id.clone()),
             gitea_base_url: self.or_default("gitea_base_url", d.gitea_base_url.clone()),
             gitea_token: self.secret("gitea_token"),
             gitea_webhook_secret: self.secret("gitea_webhook_secret"),
@@ -275,6 +276,7 @@ impl<'a> Fields<'a> {
             agent_stall_timeout_s: self.positive("agent_stall_timeout_s", d.agent_stall_timeout_s),
             merge_retest_timeout_s: self
                 .positive("merge_retest_timeout_s", d.merge_retest_timeout_s),
+            merge_retry_enabled: self.or_default("merge_retry_enabled", d.merge_retry_enabled),
             merge_retry_max_attempts: self.positive(
                 "merge_retry_max_attempts",
                 d.merge_retry_max_attempts as u64,

@@ -104,6 +104,56 @@ impl Default for PlaneStatuses {
     }
 }
 
+impl PlaneStatuses {
+    /// Every status key, in the order of the struct.
+    pub const KEYS: [&'static str; 13] = [
+        "to_analyse",
+        "needs_input",
+        "in_progress",
+        "in_review",
+        "approved",
+        "rejected",
+        "stop",
+        "confirm_deploy",
+        "awaiting_deploy",
+        "deploying",
+        "monitoring",
+        "done",
+        "cancelled",
+    ];
+
+    /// The configured Plane state name of a status key.
+    pub fn name_of(&self, key: &str) -> Option<&str> {
+        let name = match key {
+            "to_analyse" => &self.to_analyse,
+            "needs_input" => &self.needs_input,
+            "in_progress" => &self.in_progress,
+            "in_review" => &self.in_review,
+            "approved" => &self.approved,
+            "rejected" => &self.rejected,
+            "stop" => &self.stop,
+            "confirm_deploy" => &self.confirm_deploy,
+            "awaiting_deploy" => &self.awaiting_deploy,
+            "deploying" => &self.deploying,
+            "monitoring" => &self.monitoring,
+            "done" => &self.done,
+            "cancelled" => &self.cancelled,
+            _ => return None,
+        };
+        Some(name.as_str())
+    }
+
+    /// The status key of a Plane state name. Case and surrounding blanks are
+    /// ignored: people rename states in the UI, not their meaning.
+    pub fn key_of(&self, name: &str) -> Option<&'static str> {
+        let name = name.trim();
+        Self::KEYS.into_iter().find(|k| {
+            self.name_of(k)
+                .is_some_and(|n| !n.trim().is_empty() && n.trim().eq_ignore_ascii_case(name))
+        })
+    }
+}
+
 /// The `[plane]` table of the TOML file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -172,6 +222,9 @@ pub struct Settings {
     pub plane_webhook_secret: Secret,
     pub plane_write_mode: PlaneWriteMode,
     pub plane_sandbox_projects: Vec<String>,
+    /// Our bot's Plane user id; empty = asked from `GET /api/v1/users/me/`.
+    /// Webhooks whose actor is this user are echoes of our own writes.
+    pub plane_bot_user_id: String,
     pub gitea_base_url: String,
     pub gitea_token: Secret,
     pub gitea_webhook_secret: Secret,
@@ -189,6 +242,8 @@ pub struct Settings {
     pub reaper_max_running_s: u64,
     pub agent_stall_timeout_s: u64,
     pub merge_retest_timeout_s: u64,
+    /// Off: `merge_pr` makes one attempt (F-07).
+    pub merge_retry_enabled: bool,
     pub merge_retry_max_attempts: u32,
     pub merge_retry_base_s: u64,
     pub merge_retry_max_s: u64,
@@ -214,6 +269,7 @@ impl Default for Settings {
             plane_webhook_secret: Secret::default(),
             plane_write_mode: PlaneWriteMode::Live,
             plane_sandbox_projects: Vec::new(),
+            plane_bot_user_id: String::new(),
             gitea_base_url: String::new(),
             gitea_token: Secret::default(),
             gitea_webhook_secret: Secret::default(),
@@ -231,6 +287,7 @@ impl Default for Settings {
             reaper_max_running_s: 7200,
             agent_stall_timeout_s: 900,
             merge_retest_timeout_s: 900,
+            merge_retry_enabled: true,
             merge_retry_max_attempts: 3,
             merge_retry_base_s: 2,
             merge_retry_max_s: 5,

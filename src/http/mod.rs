@@ -25,6 +25,7 @@ pub use queue::{Blocks, StatusBlock};
 
 use crate::config::Settings;
 use crate::db::Db;
+use crate::intake::{self, Gitea, Intake, Plane};
 use crate::stage_engine::Engine;
 
 /// What handlers share. Cheap to clone.
@@ -38,12 +39,30 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    router_with_intake(state, None)
+}
+
+/// The router with the webhook routes (F-01, F-06) served by `intake`;
+/// without one they do not exist (404).
+pub fn router_with_intake(state: AppState, intake: Option<Intake>) -> Router {
     let limit = state.settings.http_body_limit_bytes;
-    Router::new()
+    let mut routes = Router::new()
         .route("/health", get(health))
         .route("/queue", get(queue::queue))
         .route("/metrics", get(metrics::render))
-        .route("/transition-lease/release", post(admin::release_lease))
+        .route("/transition-lease/release", post(admin::release_lease));
+    if let Some(intake) = intake {
+        routes = routes
+            .route(
+                "/webhooks/plane",
+                post(intake::webhook::<Plane>).with_state(intake.clone()),
+            )
+            .route(
+                "/webhooks/gitea",
+                post(intake::webhook::<Gitea>).with_state(intake),
+            );
+    }
+    routes
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -2,6 +2,9 @@
 //! engine; this module decides what follows a move: the next agent job and
 //! the tracker status.
 
+pub mod merge;
+pub mod status;
+
 use std::sync::Arc;
 
 use crate::clients::{ClientError, Forge, Tracker, TrackerRef};
@@ -9,6 +12,7 @@ use crate::config::Settings;
 use crate::db::tasks::{self, TaskRow};
 use crate::db::{Db, jobs};
 use crate::domain::Stage;
+use crate::gates::deploy_status_guard::{self, Verdict};
 use crate::notify::Notifier;
 use crate::stage_engine::{Engine, EngineError, Outcome};
 
@@ -95,6 +99,17 @@ impl Pipeline {
     ) -> Result<(), ClientError> {
         let Some(item) = self.tracker_ref(task) else {
             return Ok(());
+        };
+        // F-05: a deploy-phase status only while it is still true.
+        let key = if deploy_status_guard::is_guarded(key) {
+            let window = self.settings.post_deploy_window_s;
+            match deploy_status_guard::check(&self.db, task, key, caller, window).await {
+                Verdict::Allow => key,
+                Verdict::ConvergeDone => "done",
+                Verdict::Suppress => return Ok(()),
+            }
+        } else {
+            key
         };
         tracing::debug!(work_item = %task.work_item, status = key, caller, "setting tracker status");
         self.tracker.set_status(&item, key).await

@@ -1,0 +1,644 @@
+//! The Plane adapter of the `Tracker` port (F-03) and its write guard (F-04).
+//!
+//! REST API v1 under `<base>/api/v1/`, `X-API-Key` auth. Status keys are
+//! resolved to the project's state ids through the API (cached per project,
+//! refreshed once on a miss). Every request is retried on 429 (waiting for
+//! `X-RateLimit-Reset`), 5xx and timeouts, a bounded number of times. Every
+//! write passes the write guard first, before any network step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::retry::{Sleeper, TokioSleeper, backoff};
+use super::{ClientError, Tracker, TrackerRef};
+use crate::config::{PlaneStatuses, PlaneWriteMode, Secret, Settings};
+
+const SERVICE: &str = "plane";
+/// The `external_source` of every comment we write: the idempotency key's
+/// namespace, and how we tell our comments from people's.
+pub const EXTERNAL_SOURCE: &str = "orchestrator";
+
+/// How hard the client tries. The defaults suit Plane's 60 requests/min.
+#[derive(Debug, Clone)]
+pub struct PlanePolicy {
+    /// Per request, connect to last byte.
+    pub timeout: Duration,
+    /// Attempts per request (first try included).
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Longest wait for a rate-limit reset; a longer reset is cut to this.
+    pub max_rate_limit_wait: Duration,
+    /// Page size of list calls, and how many pages at most.
+    pub per_page: u32,
+    pub max_pages: u32,
+}
+
+impl Default for PlanePolicy {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(15),
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(8),
+            max_rate_limit_wait: Duration::from_secs(60),
+            per_page: 100,
+            max_pages: 50,
+        }
+    }
+}
+
+/// F-04: outside live mode every Plane write is default-deny.
+#[derive(Debug, Clone)]
+pub struct WriteGuard {
+    pub mode: PlaneWriteMode,
+    /// Plane project ids or our project names writable in sandbox mode.
+    pub sandbox: Vec<String>,
+}
+
+impl WriteGuard {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            mode: s.plane_write_mode,
+            sandbox: s.plane_sandbox_projects.clone(),
+        }
+    }
+
+    /// The decision alone: `Err(reason)` blocks.
+    pub fn decide(&self, item: &TrackerRef) -> Result<(), String> {
+        if item.tracker_project_id.trim().is_empty() {
+            return Err("the target Plane project is unresolved".into());
+        }
+        match self.mode {
+            PlaneWriteMode::Live => Ok(()),
+            PlaneWriteMode::Off => Err("ORCH_PLANE_WRITE_MODE=off".into()),
+            PlaneWriteMode::Sandbox => {
+                let listed = self
+                    .sandbox
+                    .iter()
+                    .any(|p| p == &item.tracker_project_id || p == &item.project);
+                if listed {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "sandbox mode and project {} ({}) is not in ORCH_PLANE_SANDBOX_PROJECTS",
+                        item.project, item.tracker_project_id
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Check a write at call time; a block is logged at error level.
+    pub fn check(&self, item: &TrackerRef, op: &str) -> Result<(), ClientError> {
+        match self.decide(item) {
+            Ok(()) => {
+                if self.mode == PlaneWriteMode::Sandbox {
+                    tracing::info!(op, work_item = %item.work_item, project = %item.project, "plane write allowed (sandbox)");
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::error!(
+                    op,
+                    work_item = %item.work_item,
+                    project = %item.project,
+                    plane_project = %item.tracker_project_id,
+                    mode = ?self.mode,
+                    reason = %reason,
+                    "plane write BLOCKED by the write guard (F-04)"
+                );
+                Err(ClientError::Blocked(format!(
+                    "{op} {}: {reason}",
+                    item.work_item
+                )))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct State {
+    id: String,
+    name: String,
+}
+
+pub struct PlaneClient {
+    http: reqwest::Client,
+    /// `<base>/api/v1`, no trailing slash.
+    api: String,
+    api_key: Secret,
+    workspace: String,
+    statuses: PlaneStatuses,
+    guard: WriteGuard,
+    bot_override: Option<String>,
+    bot: Mutex<Option<String>>,
+    /// Plane project id → its states.
+    states: Mutex<HashMap<String, Vec<State>>>,
+    policy: PlanePolicy,
+    sleeper: Arc<dyn Sleeper>,
+}
+
+impl PlaneClient {
+    pub fn new(settings: &Settings) -> Result<Self, ClientError> {
+        Self::with_policy(settings, PlanePolicy::default(), Arc::new(TokioSleeper))
+    }
+
+    pub fn with_policy(
+        settings: &Settings,
+        policy: PlanePolicy,
+        sleeper: Arc<dyn Sleeper>,
+    ) -> Result<Self, ClientError> {
+        let base = settings.plane_base_url.trim().trim_end_matches('/');
+        if base.is_empty() {
+            return Err(ClientError::Config("ORCH_PLANE_BASE_URL is empty".into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .build()
+            .map_err(|e| ClientError::Config(format!("building the Plane HTTP client: {e}")))?;
+        let bot = settings.plane_bot_user_id.trim();
+        Ok(Self {
+            http,
+            api: format!("{base}/api/v1"),
+            api_key: settings.plane_api_key.clone(),
+            workspace: settings.plane.workspace.clone(),
+            statuses: settings.plane.statuses.clone(),
+            guard: WriteGuard::from_settings(settings),
+            bot_override: (!bot.is_empty()).then(|| bot.to_string()),
+            bot: Mutex::new(None),
+            states: Mutex::new(HashMap::new()),
+            policy,
+            sleeper,
+        })
+    }
+
+    fn project_path(&self, project_id: &str) -> String {
+        format!(
+            "{}/workspaces/{}/projects/{}",
+            self.api, self.workspace, project_id
+        )
+    }
+
+    fn item_path(&self, item: &TrackerRef) -> String {
+        format!(
+            "{}/work-items/{}",
+            self.project_path(&item.tracker_project_id),
+            item.issue_id
+        )
+    }
+
+    /// One request with the bounded retry loop. Any answer that is not 429
+    /// or 5xx is returned for the caller to judge.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let mut last = String::new();
+        for attempt in 1..=self.policy.max_attempts.max(1) {
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .header("X-API-Key", self.api_key.expose())
+                .query(query);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let wait = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let reset = resp
+                        .headers()
+                        .get("x-ratelimit-reset")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<f64>().ok());
+                    match resp.bytes().await {
+                        Ok(bytes) if status == StatusCode::TOO_MANY_REQUESTS => {
+                            last = "429 Too Many Requests".into();
+                            let _ = bytes;
+                            self.rate_limit_wait(reset, attempt)
+                        }
+                        Ok(bytes) if status.is_server_error() => {
+                            last = format!("{status}: {}", snippet(&bytes));
+                            backoff(attempt, self.policy.backoff_base, self.policy.backoff_max)
+                        }
+                        Ok(bytes) => {
+                            let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                            return Ok((status, v));
+                        }
+                        Err(e) => {
+                            last = format!("reading the answer: {e}");
+                            backoff(attempt, self.policy.backoff_base, self.policy.backoff_max)
+                        }
+                    }
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    backoff(attempt, self.policy.backoff_base, self.policy.backoff_max)
+                }
+            };
+            if attempt < self.policy.max_attempts {
+                tracing::debug!(%method, url, attempt, error = %last, wait_ms = wait.as_millis() as u64, "plane request retried");
+                self.sleeper.sleep(wait).await;
+            }
+        }
+        Err(ClientError::Unavailable {
+            service: SERVICE,
+            detail: format!(
+                "{method} {url}: {last} (after {} attempts)",
+                self.policy.max_attempts
+            ),
+        })
+    }
+
+    /// `X-RateLimit-Reset` is an epoch time in seconds (or, from some
+    /// proxies, seconds to wait); no header falls back to backoff.
+    fn rate_limit_wait(&self, reset: Option<f64>, attempt: u32) -> Duration {
+        let Some(reset) = reset.filter(|r| r.is_finite() && *r >= 0.0) else {
+            return backoff(attempt, self.policy.backoff_base, self.policy.backoff_max);
+        };
+        let secs = if reset > 1_000_000_000.0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            (reset - now).max(0.0)
+        } else {
+            reset
+        };
+        Duration::from_secs_f64(secs.min(self.policy.max_rate_limit_wait.as_secs_f64()))
+    }
+
+    /// Every result of a paginated list (`results` + `next_cursor`); a bare
+    /// array answer is taken whole.
+    async fn list_all(&self, url: &str) -> Result<Vec<Value>, ClientError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..self.policy.max_pages.max(1) {
+            let mut q = vec![("per_page", self.policy.per_page.to_string())];
+            if let Some(c) = &cursor {
+                q.push(("cursor", c.clone()));
+            }
+            let (status, v) = self.send(Method::GET, url, &q, None).await?;
+            if !status.is_success() {
+                return Err(rejected(status, &v));
+            }
+            match v {
+                Value::Array(items) => {
+                    out.extend(items);
+                    return Ok(out);
+                }
+                v => {
+                    if let Some(items) = v.get("results").and_then(Value::as_array) {
+                        out.extend(items.iter().cloned());
+                    }
+                    let more = v
+                        .get("next_page_results")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    cursor = v
+                        .get("next_cursor")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    if !more || cursor.is_none() {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            url,
+            pages = self.policy.max_pages,
+            "plane list cut at the page limit"
+        );
+        Ok(out)
+    }
+
+    async fn refresh_states(&self, project_id: &str) -> Result<Vec<State>, ClientError> {
+        let url = format!("{}/states/", self.project_path(project_id));
+        let states: Vec<State> = self
+            .list_all(&url)
+            .await?
+            .iter()
+            .filter_map(|s| {
+                Some(State {
+                    id: s.get("id")?.as_str()?.to_string(),
+                    name: s.get("name")?.as_str()?.to_string(),
+                })
+            })
+            .collect();
+        if let Ok(mut m) = self.states.lock() {
+            m.insert(project_id.to_string(), states.clone());
+        }
+        Ok(states)
+    }
+
+    fn cached_states(&self, project_id: &str) -> Option<Vec<State>> {
+        self.states.lock().ok()?.get(project_id).cloned()
+    }
+
+    /// The state id of a status key in a project: cache, then one refresh.
+    pub async fn state_id(&self, project_id: &str, key: &str) -> Result<String, ClientError> {
+        let name = self
+            .statuses
+            .name_of(key)
+            .ok_or_else(|| ClientError::Config(format!("unknown status key {key:?}")))?;
+        let find = |states: &[State]| {
+            states
+                .iter()
+                .find(|s| s.name.trim().eq_ignore_ascii_case(name.trim()))
+                .map(|s| s.id.clone())
+        };
+        if let Some(id) = self.cached_states(project_id).and_then(|s| find(&s)) {
+            return Ok(id);
+        }
+        let states = self.refresh_states(project_id).await?;
+        find(&states).ok_or_else(|| {
+            ClientError::Config(format!(
+                "Plane project {project_id} has no state named {name:?} (status {key}); create it or fix [plane.statuses]"
+            ))
+        })
+    }
+
+    fn key_of_id(&self, states: &[State], state_id: &str) -> Option<String> {
+        let s = states.iter().find(|s| s.id == state_id)?;
+        self.statuses.key_of(&s.name).map(str::to_string)
+    }
+}
+
+#[async_trait]
+impl Tracker for PlaneClient {
+    async fn set_status(&self, item: &TrackerRef, status_key: &str) -> Result<(), ClientError> {
+        self.guard.check(item, "set_status")?;
+        let state = self.state_id(&item.tracker_project_id, status_key).await?;
+        let url = format!("{}/", self.item_path(item));
+        let (status, v) = self
+            .send(Method::PATCH, &url, &[], Some(&json!({ "state": state })))
+            .await?;
+        if status.is_success() {
+            tracing::info!(work_item = %item.work_item, status = status_key, "plane status set");
+            return Ok(());
+        }
+        if status == StatusCode::BAD_REQUEST {
+            // The id may be stale (a state was recreated): forget the cache
+            // so the next call resolves again.
+            if let Ok(mut m) = self.states.lock() {
+                m.remove(&item.tracker_project_id);
+            }
+        }
+        Err(rejected(status, &v))
+    }
+
+    async fn add_comment(
+        &self,
+        item: &TrackerRef,
+        idempotency_key: &str,
+        html: &str,
+    ) -> Result<(), ClientError> {
+        self.guard.check(item, "add_comment")?;
+        let url = format!("{}/comments/", self.item_path(item));
+        let body = json!({
+            "comment_html": html,
+            "external_source": EXTERNAL_SOURCE,
+            "external_id": idempotency_key,
+        });
+        let (status, v) = self.send(Method::POST, &url, &[], Some(&body)).await?;
+        match status {
+            s if s.is_success() => Ok(()),
+            // That external id is already there: the comment exists.
+            StatusCode::CONFLICT => Ok(()),
+            s => Err(rejected(s, &v)),
+        }
+    }
+
+    async fn latest_comment(&self, item: &TrackerRef) -> Result<Option<String>, ClientError> {
+        let url = format!("{}/comments/", self.item_path(item));
+        let comments = self.list_all(&url).await?;
+        let bot = self.bot_user_id().await.ok().flatten();
+        // Plane lists newest first; we still pick by `created_at` and skip
+        // our own comments, which are not the person's reason.
+        let newest = comments
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.get("external_source").and_then(Value::as_str) != Some(EXTERNAL_SOURCE)
+                    && (bot.is_none()
+                        || c.get("created_by").and_then(Value::as_str) != bot.as_deref())
+            })
+            .max_by(|(ia, a), (ib, b)| {
+                created_at(a)
+                    .cmp(&created_at(b))
+                    // Same or unknown time: the earlier in the list is newer.
+                    .then(ib.cmp(ia))
+            })
+            .map(|(_, c)| c);
+        Ok(newest.and_then(|c| {
+            c.get("comment_html")
+                .or_else(|| c.get("comment_stripped"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }))
+    }
+
+    async fn current_status(&self, item: &TrackerRef) -> Result<Option<String>, ClientError> {
+        let url = format!("{}/", self.item_path(item));
+        let (status, v) = self.send(Method::GET, &url, &[], None).await?;
+        if !status.is_success() {
+            return Err(rejected(status, &v));
+        }
+        let state = match v.get("state") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Object(o)) => match o.get("id").and_then(Value::as_str) {
+                Some(id) => id.to_string(),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        self.status_key_of(&item.tracker_project_id, &state).await
+    }
+
+    async fn bot_user_id(&self) -> Result<Option<String>, ClientError> {
+        if let Some(id) = &self.bot_override {
+            return Ok(Some(id.clone()));
+        }
+        if let Some(id) = self.bot.lock().ok().and_then(|b| b.clone()) {
+            return Ok(Some(id));
+        }
+        let url = format!("{}/users/me/", self.api);
+        let (status, v) = self.send(Method::GET, &url, &[], None).await?;
+        if !status.is_success() {
+            return Err(rejected(status, &v));
+        }
+        let id = v.get("id").and_then(Value::as_str).map(str::to_string);
+        if let (Some(id), Ok(mut b)) = (&id, self.bot.lock()) {
+            *b = Some(id.clone());
+        }
+        Ok(id)
+    }
+
+    async fn status_key_of(
+        &self,
+        tracker_project_id: &str,
+        state_id: &str,
+    ) -> Result<Option<String>, ClientError> {
+        if let Some(states) = self.cached_states(tracker_project_id)
+            && states.iter().any(|s| s.id == state_id)
+        {
+            return Ok(self.key_of_id(&states, state_id));
+        }
+        let states = self.refresh_states(tracker_project_id).await?;
+        Ok(self.key_of_id(&states, state_id))
+    }
+}
+
+fn created_at(c: &Value) -> Option<SystemTime> {
+    let s = c.get("created_at")?.as_str()?.trim();
+    let s = s
+        .strip_suffix("+00:00")
+        .map(|x| format!("{x}Z"))
+        .unwrap_or_else(|| s.to_string());
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+}
+
+fn rejected(status: StatusCode, v: &Value) -> ClientError {
+    ClientError::Rejected {
+        service: SERVICE,
+        status: status.as_u16(),
+        body: snippet(v.to_string().as_bytes()),
+    }
+}
+
+/// The tracker when Plane is not configured: does nothing, says so once.
+#[derive(Debug, Default)]
+pub struct DisabledTracker {
+    said: std::sync::atomic::AtomicBool,
+}
+
+impl DisabledTracker {
+    fn say(&self) {
+        if !self.said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "Plane is not configured (ORCH_PLANE_BASE_URL is empty): tracker calls do nothing"
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl Tracker for DisabledTracker {
+    async fn set_status(&self, _: &TrackerRef, _: &str) -> Result<(), ClientError> {
+        self.say();
+        Ok(())
+    }
+    async fn add_comment(&self, _: &TrackerRef, _: &str, _: &str) -> Result<(), ClientError> {
+        self.say();
+        Ok(())
+    }
+    async fn latest_comment(&self, _: &TrackerRef) -> Result<Option<String>, ClientError> {
+        self.say();
+        Ok(None)
+    }
+    async fn current_status(&self, _: &TrackerRef) -> Result<Option<String>, ClientError> {
+        self.say();
+        Ok(None)
+    }
+}
+
+/// The daemon's tracker: Plane when `ORCH_PLANE_BASE_URL` is set.
+pub fn tracker_from_settings(settings: &Settings) -> Arc<dyn Tracker> {
+    if settings.plane_base_url.trim().is_empty() {
+        return Arc::new(DisabledTracker::default());
+    }
+    match PlaneClient::new(settings) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the Plane client; tracker calls do nothing");
+            Arc::new(DisabledTracker::default())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(project: &str, pid: &str) -> TrackerRef {
+        TrackerRef {
+            project: project.into(),
+            tracker_project_id: pid.into(),
+            issue_id: "i".into(),
+            work_item: "DEMO-1".into(),
+        }
+    }
+
+    #[test]
+    fn write_guard_decisions() {
+        let g = |mode, sandbox: &[&str]| WriteGuard {
+            mode,
+            sandbox: sandbox.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(
+            g(PlaneWriteMode::Live, &[])
+                .decide(&item("demo", "p1"))
+                .is_ok()
+        );
+        assert!(
+            g(PlaneWriteMode::Live, &[])
+                .decide(&item("demo", ""))
+                .is_err()
+        );
+        assert!(
+            g(PlaneWriteMode::Off, &["p1"])
+                .decide(&item("demo", "p1"))
+                .is_err()
+        );
+        assert!(
+            g(PlaneWriteMode::Sandbox, &[])
+                .decide(&item("demo", "p1"))
+                .is_err()
+        );
+        assert!(
+            g(PlaneWriteMode::Sandbox, &["p1"])
+                .decide(&item("demo", "p1"))
+                .is_ok()
+        );
+        assert!(
+            g(PlaneWriteMode::Sandbox, &["demo"])
+                .decide(&item("demo", "p1"))
+                .is_ok()
+        );
+        assert!(
+            g(PlaneWriteMode::Sandbox, &["p2"])
+                .decide(&item("demo", "p1"))
+                .is_err()
+        );
+        assert!(
+            g(PlaneWriteMode::Sandbox, &["p1"])
+                .decide(&item("demo", " "))
+                .is_err()
+        );
+        let blocked = g(PlaneWriteMode::Off, &[]).check(&item("demo", "p1"), "set_status");
+        assert!(matches!(blocked, Err(ClientError::Blocked(_))));
+    }
+
+    #[test]
+    fn comment_times_parse_in_plane_forms() {
+        let t = |s: &str| created_at(&json!({ "created_at": s }));
+        assert!(t("2026-11-20T10:01:00.000Z").is_some());
+        assert!(t("2026-11-20T10:01:00.123456+00:00").is_some());
+        assert!(t("2026-11-20T10:01:00Z") < t("2026-11-20T10:01:00.5Z"));
+        assert!(t("garbage").is_none());
+    }
+}

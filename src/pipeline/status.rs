@@ -1,0 +1,362 @@
+//! F-02, the status-only model: what a status a person sets in Plane means.
+//! Verdicts come from status changes; comments never drive anything. Every
+//! stage move goes through the stage engine (via `Pipeline::advance`); every
+//! agent run through the job queue.
+
+use std::fmt;
+
+use super::Pipeline;
+use crate::db::jobs;
+use crate::db::tasks::{self, NewTask, TaskRow};
+use crate::domain::Stage;
+use crate::stage_engine::{EngineError, Outcome};
+
+/// The actor name the webhook's engine calls carry.
+pub const ACTOR: &str = "plane-webhook";
+
+/// The analyst's context when a rejection names no reason.
+pub const REJECTED_FALLBACK: &str =
+    "The BRD was rejected without a comment. Re-read the work item and improve the BRD.";
+
+/// Longest reason handed to an agent, in characters.
+const MAX_REASON_CHARS: usize = 4000;
+
+/// A status a person set on a work item, resolved to our names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    /// Our project name.
+    pub project: String,
+    /// The tracker's id of the work item.
+    pub issue_id: String,
+    /// `DEMO-12`.
+    pub work_item: String,
+    pub title: String,
+    /// Plain text (HTML already stripped).
+    pub description: String,
+    /// The new status key (`to_analyse`, `approved`, ...).
+    pub status: String,
+    /// The previous status key, when known and needed (In Progress).
+    pub old_status: Option<String>,
+}
+
+/// What handling a status or a merge did; stored as the delivery's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Done(String),
+    /// Not allowed where the task is (a relaunch outside analysis...): logged.
+    Refused(String),
+    Ignored(String),
+}
+
+impl fmt::Display for Handled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Handled::Done(m) => write!(f, "done: {m}"),
+            Handled::Refused(m) => write!(f, "refused: {m}"),
+            Handled::Ignored(m) => write!(f, "ignored: {m}"),
+        }
+    }
+}
+
+/// A short human form of an engine outcome.
+pub fn describe(out: &Outcome) -> String {
+    match out {
+        Outcome::Advanced { from, to, .. } => format!("{from} -> {to}"),
+        Outcome::RolledBack { from, to, .. } => format!("{from} -> {to} (rollback)"),
+        Outcome::Cancelled { from, .. } => format!("{from} -> cancelled"),
+        Outcome::CancelDeferred => "cancel deferred to the lease holder".into(),
+        Outcome::GateFailed { stage, reason } => format!("stays at {stage}: {reason}"),
+        Outcome::Pending { stage, reason } => format!("stays at {stage}: {reason}"),
+        Outcome::EffectFailed { stage, kind, error } => {
+            format!("stays at {stage}: {} failed: {error}", kind.as_str())
+        }
+        Outcome::LeaseBusy { actor, .. } => {
+            format!("deferred: {actor} holds the task (the reconciler converges it)")
+        }
+        Outcome::LostRace => "lost a race; nothing changed".into(),
+        Outcome::Terminal { stage } => format!("task is {stage}"),
+        Outcome::NotFound => "task not found".into(),
+    }
+}
+
+impl Pipeline {
+    /// F-02: act on a status a person set. Idempotent: the intake processes
+    /// a delivery at least once (a crash between work and bookkeeping
+    /// repeats it).
+    pub async fn on_status(&self, c: &StatusChange) -> Result<Handled, EngineError> {
+        let task = tasks::by_work_item(self.db.reader(), &c.work_item).await?;
+        if c.status == "to_analyse" {
+            return self.to_analyse(c, task).await;
+        }
+        let Some(task) = task.filter(|t| !t.stage.is_terminal()) else {
+            return Ok(Handled::Ignored(format!(
+                "{}: no active task for {}",
+                c.status, c.work_item
+            )));
+        };
+        match c.status.as_str() {
+            "approved" => {
+                if task.stage != Stage::Analysis {
+                    return Ok(refused(&task, "Approved", "analysis"));
+                }
+                tasks::set_approved(self.db.writer(), task.id).await?;
+                let out = self.advance(task.id, ACTOR).await?;
+                Ok(Handled::Done(format!("approved; {}", describe(&out))))
+            }
+            "rejected" => {
+                if task.stage != Stage::Analysis {
+                    return Ok(refused(&task, "Rejected", "analysis"));
+                }
+                let reason = self.rejection_reason(&task).await;
+                self.relaunch_analyst(&task, &format!("Rejected in Plane: {reason}"))
+                    .await
+            }
+            "in_progress" => {
+                if c.old_status.as_deref() != Some("needs_input") {
+                    return Ok(Handled::Ignored(
+                        "In Progress not after Needs Input: nothing to do".into(),
+                    ));
+                }
+                if task.stage != Stage::Analysis {
+                    return Ok(refused(&task, "In Progress after Needs Input", "analysis"));
+                }
+                let answer = self.newest_comment_text(&task).await;
+                let context = match answer {
+                    Some(a) => format!("The person answered in Plane: {a}"),
+                    None => "The person set In Progress after Needs Input; the answer is in the work item.".into(),
+                };
+                self.relaunch_analyst(&task, &context).await
+            }
+            "stop" => self.stop(&task).await,
+            "confirm_deploy" => {
+                if task.stage != Stage::Deploy {
+                    return Ok(refused(&task, "Confirm Deploy", "deploy"));
+                }
+                tasks::set_deploy_confirmed(self.db.writer(), task.id).await?;
+                let out = self.advance(task.id, ACTOR).await?;
+                Ok(Handled::Done(format!(
+                    "deploy confirmed; {}",
+                    describe(&out)
+                )))
+            }
+            other => Ok(Handled::Ignored(format!(
+                "status {other} is one the orchestrator sets; nothing to do"
+            ))),
+        }
+    }
+
+    /// To Analyse: create the task (a cancelled one was tombstoned, so this
+    /// is a fresh task) and start analysis; a task still at `created` (a
+    /// crash came between insert and advance) is advanced.
+    async fn to_analyse(
+        &self,
+        c: &StatusChange,
+        existing: Option<TaskRow>,
+    ) -> Result<Handled, EngineError> {
+        let task_id = match existing {
+            Some(t) if t.stage == Stage::Created => t.id,
+            Some(t) if t.stage.is_terminal() => {
+                return Ok(Handled::Refused(format!(
+                    "{} is {}; a finished task is not restarted",
+                    t.work_item, t.stage
+                )));
+            }
+            Some(t) => {
+                return Ok(Handled::Ignored(format!(
+                    "{} is already active at {}",
+                    t.work_item, t.stage
+                )));
+            }
+            None => match self.create_task(c).await? {
+                Some(id) => id,
+                None => {
+                    return Ok(Handled::Ignored(format!(
+                        "{} was created concurrently",
+                        c.work_item
+                    )));
+                }
+            },
+        };
+        let out = self.advance(task_id, ACTOR).await?;
+        tracing::info!(work_item = %c.work_item, task_id, outcome = %describe(&out), "To Analyse");
+        Ok(Handled::Done(format!(
+            "task {task_id} created; {}",
+            describe(&out)
+        )))
+    }
+
+    /// `None` when a live task with these keys appeared meanwhile (the
+    /// partial unique indexes decide).
+    async fn create_task(&self, c: &StatusChange) -> Result<Option<i64>, EngineError> {
+        let new = NewTask {
+            work_item: c.work_item.clone(),
+            plane_issue_id: Some(c.issue_id.clone()),
+            project: c.project.clone(),
+            title: c.title.clone(),
+            description: c.description.clone(),
+            // The task branch and worktree are named here; F-08 prepares them.
+            branch: Some(c.work_item.to_ascii_lowercase()),
+            worktree: Some(
+                self.settings
+                    .workspace_root
+                    .join(&c.work_item)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        };
+        match tasks::insert(self.db.writer(), &new).await {
+            Ok(id) => Ok(Some(id)),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// STOP (F-25, its full behaviour is the STOP issue's): cancel through
+    /// the engine and cancel the task's jobs (terminal, never requeued).
+    async fn stop(&self, task: &TaskRow) -> Result<Handled, EngineError> {
+        let (out, first) = self.engine.cancel(task.id, ACTOR, "STOP in Plane").await?;
+        let running = jobs::cancel_all_for_task(&self.db, task.id, "STOP in Plane").await?;
+        if matches!(out, Outcome::Cancelled { .. }) {
+            self.after_move(task.id, &out).await?;
+        }
+        tracing::info!(work_item = %task.work_item, outcome = %describe(&out), first, running_jobs = running.len(), "STOP");
+        Ok(Handled::Done(format!(
+            "stop; {}; {} running job(s) cancelled",
+            describe(&out),
+            running.len()
+        )))
+    }
+
+    /// Queue the analyst again with `context` for its prompt. Refused while
+    /// an analyst job is still queued or running (it would not see it).
+    async fn relaunch_analyst(
+        &self,
+        task: &TaskRow,
+        context: &str,
+    ) -> Result<Handled, EngineError> {
+        let all = jobs::for_task(self.db.reader(), task.id).await?;
+        if let Some(active) = all.iter().find(|j| {
+            j.stage == Stage::Analysis && matches!(j.status.as_str(), "queued" | "running")
+        }) {
+            return Ok(Handled::Refused(format!(
+                "analyst job {} is still {}; relaunch after it ends",
+                active.id, active.status
+            )));
+        }
+        let attempt = all.iter().filter(|j| j.stage == Stage::Analysis).count() as i64 + 1;
+        let role = super::job_role(Stage::Analysis).unwrap_or("analyst");
+        let q = jobs::enqueue(&self.db, task.id, Stage::Analysis, role, attempt, context).await?;
+        tracing::info!(work_item = %task.work_item, job = q.id(), attempt, "analyst relaunched");
+        self.show_stage(task, "relaunch").await;
+        Ok(Handled::Done(format!(
+            "analyst job {} queued (attempt {attempt})",
+            q.id()
+        )))
+    }
+
+    /// The reason of a rejection: the newest comment, HTML stripped, or a
+    /// fixed note when there is none or the tracker cannot be asked.
+    async fn rejection_reason(&self, task: &TaskRow) -> String {
+        self.newest_comment_text(task)
+            .await
+            .unwrap_or_else(|| REJECTED_FALLBACK.to_string())
+    }
+
+    async fn newest_comment_text(&self, task: &TaskRow) -> Option<String> {
+        let item = self.tracker_ref(task)?;
+        match self.tracker.latest_comment(&item).await {
+            Ok(Some(html)) => Some(strip_html(&html)).filter(|t| !t.is_empty()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(work_item = %task.work_item, error = %e, "cannot read the newest comment");
+                None
+            }
+        }
+    }
+}
+
+fn refused(task: &TaskRow, what: &str, only_in: &str) -> Handled {
+    tracing::warn!(work_item = %task.work_item, stage = %task.stage, "{what} refused: it only counts in {only_in}");
+    Handled::Refused(format!(
+        "{what} only counts in {only_in}; {} is at {}",
+        task.work_item, task.stage
+    ))
+}
+
+/// Plain text of a comment: tags dropped (block ends become line breaks),
+/// the common entities decoded, blank runs collapsed, length bounded.
+pub fn strip_html(html: &str) -> String {
+    let mut text = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        text.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('>') else {
+            // An unclosed `<` is text, not a tag.
+            text.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let tag = rest[start + 1..start + end]
+            .trim_start_matches('/')
+            .to_ascii_lowercase();
+        let name: String = tag
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        if matches!(
+            name.as_str(),
+            "br" | "p"
+                | "div"
+                | "li"
+                | "tr"
+                | "h1"
+                | "h2"
+                | "h3"
+                | "h4"
+                | "h5"
+                | "h6"
+                | "blockquote"
+                | "pre"
+        ) {
+            text.push('\n');
+        }
+        rest = &rest[start + end + 1..];
+    }
+    text.push_str(rest);
+    let decoded = text
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&");
+    let lines: Vec<String> = decoded
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join("\n").chars().take(MAX_REASON_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_html_keeps_the_words() {
+        assert_eq!(
+            strip_html(
+                "<p>The BRD misses the <b>rollback</b> case.</p><p>And&nbsp;tests &amp; docs.</p>"
+            ),
+            "The BRD misses the rollback case.\nAnd tests & docs."
+        );
+        assert_eq!(strip_html("a < b"), "a < b");
+        assert_eq!(strip_html("<p>  </p>"), "");
+        assert_eq!(strip_html("x<br/>y"), "x\ny");
+        assert_eq!(
+            strip_html(&"é".repeat(5000)).chars().count(),
+            MAX_REASON_CHARS
+        );
+    }
+}
