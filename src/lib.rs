@@ -5,6 +5,7 @@
 //! - `config`: `Settings` from defaults → TOML (`ORCH_CONFIG`) → `ORCH_*` env (F-31).
 //! - `db`: SQLite pools (one writer, a read pool), migrations, one file per table.
 //! - `domain`: pure types: the stage table (F-09), verdict parsing, gates (QG_CHECKS).
+//! - `proc_group`: THE spawner of agent and gate commands: own process group, tree-kill SIGTERM → grace → SIGKILL (F-12, F-18, B-8).
 //! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
 //! - `clients`: the `Tracker` and `Forge` ports (Plane, Gitea) and their adapters.
 //! - `intake`: signed Plane and Gitea webhooks in, stored, deduplicated, replayable (F-01, F-06, B-6).
@@ -17,6 +18,7 @@
 //! - `app`: wiring and the start-up/shutdown order.
 //! - `telemetry`: tracing set-up.
 
+pub mod agents;
 pub mod app;
 pub mod clients;
 pub mod config;
@@ -28,6 +30,7 @@ pub mod http;
 pub mod intake;
 pub mod notify;
 pub mod pipeline;
+pub mod proc_group;
 pub mod shutdown;
 pub mod stage_engine;
 pub mod telemetry;

@@ -1,0 +1,3 @@
+//! Agents (F-12..F-14, B-5): prompts, the launcher, and reading an agent's output.
+
+pub mod usage;
