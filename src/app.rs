@@ -121,7 +121,14 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     })?;
     let boot = Boot::new();
     tracing::info!(boot_id = %boot.boot_id, pid = boot.pid, db = %db_path.display(), "starting");
-    let engine = Engine::builder(db.clone(), boot).build();
+    let workspace = crate::git::Workspace::new(&settings.workspace_root);
+    let inputs = crate::stage_engine::inputs::WorkspaceInputs {
+        settings: settings.clone(),
+        workspace: workspace.clone(),
+    };
+    let engine = Engine::builder(db.clone(), boot)
+        .inputs(Arc::new(inputs))
+        .build();
     let recovery = engine
         .recover_on_startup()
         .await
@@ -141,16 +148,29 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         let worker = worker.clone();
         async move { worker.tick(Duration::from_secs(1)).await.map(|_| ()) }
     });
+    // Agent runs (F-11..F-16): recovery of an older boot's jobs, then the
+    // worker, reaper and reconciler.
+    let (trigger, stop) = shutdown::channel();
+    let rt = crate::agents::runtime::Runtime {
+        db: db.clone(),
+        settings: settings.clone(),
+        workspace,
+        pipeline: build_pipeline(settings.clone(), db.clone(), engine.clone()),
+        notifier: Arc::new(LogNotifier),
+        clock: crate::clock::Clock::new(),
+        boot_id: engine.boot().boot_id.clone(),
+        shutdown: stop.clone(),
+    };
+    let blocks = crate::loops::start(&rt, &mut supervisor).await?;
     let state = AppState {
         settings: settings.clone(),
         db: db.clone(),
         engine: engine.clone(),
         metrics: Arc::new(Metrics::default()),
-        blocks: Arc::new(Vec::new()),
+        blocks: Arc::new(blocks),
     };
     let router = http::router_with_intake(state, Some(intake));
     let addr = listener.local_addr()?;
-    let (trigger, stop) = shutdown::channel();
     let grace = Duration::from_secs(settings.shutdown_grace_s);
     tracing::info!(%addr, "serving");
     let join = tokio::spawn(serve(router, listener, stop, supervisor, db, grace, lock));

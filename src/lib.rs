@@ -5,7 +5,9 @@
 //! - `config`: `Settings` from defaults → TOML (`ORCH_CONFIG`) → `ORCH_*` env (F-31).
 //! - `db`: SQLite pools (one writer, a read pool), migrations, one file per table.
 //! - `domain`: pure types: the stage table (F-09), verdict parsing, gates (QG_CHECKS).
+//! - `git`: worktrees through the git CLI (F-08).
 //! - `proc_group`: THE spawner of agent and gate commands: own process group, tree-kill SIGTERM → grace → SIGKILL (F-12, F-18, B-8).
+//! - `clock`: the loops' clock (tokio time, so tests can pause it).
 //! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
 //! - `clients`: the `Tracker` and `Forge` ports (Plane, Gitea) and their adapters.
 //! - `intake`: signed Plane and Gitea webhooks in, stored, deduplicated, replayable (F-01, F-06, B-6).
@@ -13,6 +15,7 @@
 //! - `gates`: guards before outside writes (F-05 deploy status guard).
 //! - `notify`: the `Notifier` port for alerts.
 //! - `pipeline`: what events mean; after a stage move, the next job and the tracker status.
+//! - `loops`: worker, reaper, reconciler, start-up job recovery (F-11, F-15, F-16).
 //! - `http`: the router, `/health`, `/queue`, `/metrics`, the admin lease release.
 //! - `shutdown`: one shutdown signal and the loop supervisor.
 //! - `app`: wiring and the start-up/shutdown order.
@@ -21,13 +24,16 @@
 pub mod agents;
 pub mod app;
 pub mod clients;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod events;
 pub mod gates;
+pub mod git;
 pub mod http;
 pub mod intake;
+pub mod loops;
 pub mod notify;
 pub mod pipeline;
 pub mod proc_group;

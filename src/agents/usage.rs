@@ -477,9 +477,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const STREAM: &str = include_str!("../../../shared/fixtures/agents/claude-stream.jsonl");
-    const ERROR: &str = include_str!("../../../shared/fixtures/agents/claude-error.json");
-    const CODEX: &str = include_str!("../../../shared/fixtures/agents/codex-exec.jsonl");
+    const STREAM: &str = include_str!("../../tests/fixtures/agents/claude-stream.jsonl");
+    const ERROR: &str = include_str!("../../tests/fixtures/agents/claude-error.json");
+    const CODEX: &str = include_str!("../../tests/fixtures/agents/codex-exec.jsonl");
 
     fn p(output: &str) -> Parsed {
         parse(output, &PriceTable::default())

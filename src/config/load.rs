@@ -175,6 +175,20 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A cost ceiling: 0 = none; negative or garbage falls back to none.
+    fn budget(&mut self, key: &str) -> f64 {
+        let v: f64 = self.or_default(key, 0.0);
+        if v.is_finite() && v >= 0.0 {
+            return v;
+        }
+        let w = format!(
+            "{}: must be 0 (no ceiling) or a positive amount; using 0",
+            self.describe(key)
+        );
+        self.report.warnings.push(w);
+        0.0
+    }
+
     fn secret(&mut self, key: &str) -> Secret {
         self.or_default::<String>(key, String::new()).pipe(Secret)
     }
@@ -266,6 +280,17 @@ impl<'a> Fields<'a> {
             telegram_api_url: self.or_default("telegram_api_url", d.telegram_api_url.clone()),
             workspace_root: self.or_default("workspace_root", d.workspace_root.clone()),
             agent_command: self.or_default("agent_command", d.agent_command.clone()),
+            agent_model: self.or_default("agent_model", d.agent_model.clone()),
+            agent_effort: self.or_default("agent_effort", d.agent_effort.clone()),
+            max_concurrent_jobs: self.positive("max_concurrent_jobs", d.max_concurrent_jobs),
+            max_concurrent_jobs_per_project: self.positive(
+                "max_concurrent_jobs_per_project",
+                d.max_concurrent_jobs_per_project,
+            ),
+            agent_max_attempts: self.positive("agent_max_attempts", d.agent_max_attempts),
+            agent_kill_grace_s: self.positive("agent_kill_grace_s", d.agent_kill_grace_s),
+            task_budget_usd: self.budget("task_budget_usd"),
+            stage_budget_usd: self.budget("stage_budget_usd"),
             worker_poll_interval_ms: self
                 .positive("worker_poll_interval_ms", d.worker_poll_interval_ms),
             reconciler_interval_s: self.positive("reconciler_interval_s", d.reconciler_interval_s),
@@ -285,6 +310,8 @@ impl<'a> Fields<'a> {
             merge_retry_max_s: self.positive("merge_retry_max_s", d.merge_retry_max_s),
             post_deploy_window_s: self.positive("post_deploy_window_s", d.post_deploy_window_s),
             post_deploy_tick_s: self.positive("post_deploy_tick_s", d.post_deploy_tick_s),
+            reaper_enabled: self.or_default("reaper_enabled", d.reaper_enabled),
+            reconciler_enabled: self.or_default("reconciler_enabled", d.reconciler_enabled),
             plane,
             projects,
         };

@@ -234,6 +234,19 @@ pub struct Settings {
 
     pub workspace_root: PathBuf,
     pub agent_command: String,
+    /// Default model and effort handed to agents (`ORCH_MODEL`, `ORCH_EFFORT`).
+    pub agent_model: String,
+    pub agent_effort: String,
+    /// Jobs running at once, in all and per project (F-11).
+    pub max_concurrent_jobs: u64,
+    pub max_concurrent_jobs_per_project: u64,
+    /// Runs of one stage before the task holds and alerts (F-13).
+    pub agent_max_attempts: u64,
+    /// SIGTERM → SIGKILL grace when a process group is stopped.
+    pub agent_kill_grace_s: u64,
+    /// Cost ceilings in USD; 0 = no ceiling (B-7).
+    pub task_budget_usd: f64,
+    pub stage_budget_usd: f64,
 
     pub worker_poll_interval_ms: u64,
     pub reconciler_interval_s: u64,
@@ -249,6 +262,9 @@ pub struct Settings {
     pub merge_retry_max_s: u64,
     pub post_deploy_window_s: u64,
     pub post_deploy_tick_s: u64,
+    /// Reaper/reconciler loops on or off (F-15, F-16).
+    pub reaper_enabled: bool,
+    pub reconciler_enabled: bool,
 
     pub plane: PlaneTable,
     pub projects: Vec<Project>,
@@ -280,6 +296,14 @@ impl Default for Settings {
             agent_command:
                 "claude -p \"$(cat \"$ORCH_PROMPT_FILE\")\" --output-format stream-json --verbose"
                     .into(),
+            agent_model: String::new(),
+            agent_effort: String::new(),
+            max_concurrent_jobs: 2,
+            max_concurrent_jobs_per_project: 1,
+            agent_max_attempts: 3,
+            agent_kill_grace_s: 10,
+            task_budget_usd: 0.0,
+            stage_budget_usd: 0.0,
             worker_poll_interval_ms: 1000,
             reconciler_interval_s: 60,
             reaper_interval_s: 30,
@@ -293,6 +317,8 @@ impl Default for Settings {
             merge_retry_max_s: 5,
             post_deploy_window_s: 1800,
             post_deploy_tick_s: 60,
+            reaper_enabled: true,
+            reconciler_enabled: true,
             plane: PlaneTable::default(),
             projects: Vec::new(),
         }

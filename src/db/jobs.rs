@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sqlx::{Executor, FromRow, Sqlite};
 
+use super::tasks::TERMINAL_SQL;
 use super::{Db, now_ms};
 use crate::domain::Stage;
 
@@ -197,4 +198,168 @@ pub async fn active<'e>(
     )
     .fetch_all(ex)
     .await
+}
+
+/// A queued job the worker may start: its task's project, and whether the
+/// task's dependencies are all terminal (F-17).
+#[derive(Debug, Clone, FromRow)]
+pub struct Candidate {
+    #[sqlx(flatten)]
+    pub job: JobRow,
+    pub project: String,
+    pub task_stage: Stage,
+}
+
+/// Queued jobs in order, except those whose task waits on a dependency.
+pub async fn candidates<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    limit: i64,
+) -> Result<Vec<Candidate>, sqlx::Error> {
+    let sql = format!(
+        "SELECT j.*, t.project AS project, t.stage AS task_stage
+         FROM jobs j JOIN tasks t ON t.id = j.task_id
+         WHERE j.status = 'queued'
+           AND NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks dt ON dt.id = d.depends_on
+                           WHERE d.task_id = j.task_id AND dt.stage NOT IN {TERMINAL_SQL})
+         ORDER BY j.id LIMIT ?"
+    );
+    sqlx::query_as(&sql).bind(limit).fetch_all(ex).await
+}
+
+/// Running jobs per project.
+pub async fn running_per_project<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT t.project, COUNT(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
+         WHERE j.status = 'running' GROUP BY t.project",
+    )
+    .fetch_all(ex)
+    .await
+}
+
+/// queued → running for this boot; false when someone else started it.
+pub async fn start<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    boot_id: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET status = 'running', boot_id = ?, started_at = ?, updated_at = ?, claimed_by = NULL
+         WHERE id = ? AND status = 'queued'",
+    )
+    .bind(boot_id)
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn set_pgid<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    pgid: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET pgid = ? WHERE id = ?")
+        .bind(pgid)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Claim a running job's finalization (F-15: claim before act). Exactly one
+/// of the monitor and the reapers wins; the losers do nothing.
+pub async fn claim<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    who: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET claimed_by = ?, updated_at = ? WHERE id = ? AND status = 'running' AND claimed_by IS NULL",
+    )
+    .bind(who)
+    .bind(now_ms())
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Running jobs started by another boot (start-up recovery).
+pub async fn running_of_other_boots<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    boot_id: &str,
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM jobs WHERE status = 'running' AND (boot_id IS NULL OR boot_id != ?) ORDER BY id")
+        .bind(boot_id)
+        .fetch_all(ex)
+        .await
+}
+
+/// Put a running job back in the queue (its run was lost with a restart).
+pub async fn requeue<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    why: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET status = 'queued', boot_id = NULL, claimed_by = NULL, pgid = NULL,
+                attempt = attempt + 1, error = ?, updated_at = ?
+         WHERE id = ? AND status = 'running'",
+    )
+    .bind(why)
+    .bind(now_ms())
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Tier 2 (F-15): running, unclaimed jobs whose latest run recorded its exit
+/// at or before `finished_before`.
+pub async fn finished_unclaimed<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    finished_before: i64,
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT j.* FROM jobs j
+         JOIN agent_runs r ON r.id = (SELECT MAX(id) FROM agent_runs WHERE job_id = j.id)
+         WHERE j.status = 'running' AND j.claimed_by IS NULL
+           AND r.exit_code IS NOT NULL AND r.finished_at <= ?
+         ORDER BY j.id",
+    )
+    .bind(finished_before)
+    .fetch_all(ex)
+    .await
+}
+
+/// Tier 3 (F-15): jobs running since before `started_before`, finished or not.
+pub async fn running_since<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    started_before: i64,
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM jobs WHERE status = 'running' AND started_at <= ? ORDER BY id")
+        .bind(started_before)
+        .fetch_all(ex)
+        .await
+}
+
+/// Note why a running job is being stopped (stall, budget) before its end is
+/// recorded; the finalizer reads it back.
+pub async fn set_error<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET error = ?, updated_at = ? WHERE id = ?")
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
 }

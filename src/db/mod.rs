@@ -9,6 +9,7 @@ pub mod effects;
 pub mod history;
 pub mod jobs;
 pub mod leases;
+pub mod runs;
 pub mod tasks;
 
 use std::path::{Path, PathBuf};

@@ -221,6 +221,23 @@ pub async fn set_deploy_confirmed<'e>(
     Ok(())
 }
 
+/// Where the task's worktree and branch are (set when first prepared).
+pub async fn set_workspace<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    branch: &str,
+    worktree: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tasks SET branch = ?, worktree = ?, updated_at = ? WHERE id = ?")
+        .bind(branch)
+        .bind(worktree)
+        .bind(now_ms())
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+use crate::config::Settings;
 use crate::db::tasks::TaskRow;
-use crate::domain::GateInput;
+use crate::domain::{GateInput, Stage};
+use crate::git::Workspace;
 
 #[async_trait]
 pub trait GateInputs: Send + Sync {
@@ -62,6 +64,38 @@ impl GateInputs for FsArtifacts {
             .await
             .unwrap_or_default();
             input.artifacts = artifacts;
+        }
+        input
+    }
+}
+
+/// The daemon's inputs: the artifact files, plus the branch diff for the
+/// development gate (does the branch change code outside the artifact dir?).
+pub struct WorkspaceInputs {
+    pub settings: std::sync::Arc<Settings>,
+    pub workspace: Workspace,
+}
+
+#[async_trait]
+impl GateInputs for WorkspaceInputs {
+    async fn load(&self, task: &TaskRow) -> GateInput {
+        let mut input = FsArtifacts.load(task).await;
+        if task.stage == Stage::Development
+            && task.worktree.is_some()
+            && let Some(p) = self.settings.project(&task.project)
+        {
+            // A git error leaves it unknown (pending), never "passed".
+            input.code_changed = match self
+                .workspace
+                .changes_outside_artifacts(p, &task.work_item)
+                .await
+            {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(work_item = %task.work_item, error = %e, "branch diff unavailable");
+                    None
+                }
+            };
         }
         input
     }

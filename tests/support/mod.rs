@@ -33,3 +33,5 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_orchestrator")
 }
 pub mod sim;
+pub mod doubles;
+pub mod runtime;

@@ -1,0 +1,81 @@
+//! What the worker, monitor, reaper and reconciler share, and the paths of
+//! one run's files (prompt, log, exit code) outside the worktree, so the
+//! monitor never commits them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::{Project, Settings};
+use crate::db::Db;
+use crate::db::jobs::JobRow;
+use crate::git::{Workspace, branch_name};
+use crate::notify::{Alert, Notifier};
+use crate::pipeline::Pipeline;
+use crate::shutdown::Shutdown;
+
+#[derive(Clone)]
+pub struct Runtime {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    pub workspace: Workspace,
+    pub pipeline: Pipeline,
+    pub notifier: Arc<dyn Notifier>,
+    pub clock: Clock,
+    pub boot_id: String,
+    /// Fires at daemon shutdown: monitors stop watching (the agents go on
+    /// and are adopted after the restart).
+    pub shutdown: Shutdown,
+}
+
+impl Runtime {
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.settings.project(name)
+    }
+
+    pub async fn alert(&self, kind: &'static str, work_item: &str, message: String) {
+        self.notifier
+            .alert(Alert {
+                kind,
+                work_item: Some(work_item.to_string()),
+                message,
+            })
+            .await;
+    }
+
+    pub fn run_paths(&self, work_item: &str, job: &JobRow) -> RunPaths {
+        let dir = self
+            .workspace
+            .root()
+            .join("runs")
+            .join(branch_name(work_item));
+        let stem = format!("job{}-{}-a{}", job.id, job.role, job.attempt);
+        RunPaths {
+            prompt: dir.join(format!("{stem}.prompt.md")),
+            log: dir.join(format!("{stem}.log")),
+            exit: dir.join(format!("{stem}.exit")),
+            dir,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    pub dir: PathBuf,
+    pub prompt: PathBuf,
+    pub log: PathBuf,
+    /// Written by the wrapper shell when the agent ends: a run that finished
+    /// while the daemon was down is known after the restart.
+    pub exit: PathBuf,
+}
+
+impl RunPaths {
+    /// The exit code the wrapper wrote, if the run ended.
+    pub fn read_exit(&self) -> Option<i64> {
+        std::fs::read_to_string(&self.exit)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}

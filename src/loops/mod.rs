@@ -1,0 +1,68 @@
+//! Background loops: each a tick function run by the supervisor at an
+//! interval (`shutdown::Supervisor`), never panicking per tick.
+
+pub mod reaper;
+pub mod reconciler;
+pub mod recovery;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agents::runtime::Runtime;
+use crate::http::StatusBlock;
+use crate::shutdown::Supervisor;
+
+/// Recover the jobs of an older boot, then start the worker, the reaper
+/// and the reconciler (each with its switch). Returns their `/queue` blocks.
+pub async fn start(
+    rt: &Runtime,
+    supervisor: &mut Supervisor,
+) -> anyhow::Result<Vec<Arc<dyn StatusBlock>>> {
+    let recovered = recovery::requeue_running_jobs(rt).await?;
+    tracing::info!(
+        finalized = recovered.finalized,
+        adopted = recovered.adopted,
+        requeued = recovered.requeued,
+        "jobs of the previous run recovered"
+    );
+    let s = &rt.settings;
+    let mut blocks: Vec<Arc<dyn StatusBlock>> = Vec::new();
+
+    let w = rt.clone();
+    supervisor.spawn_loop(
+        "worker",
+        Duration::from_millis(s.worker_poll_interval_ms),
+        move || {
+            let w = w.clone();
+            async move { worker::tick(&w).await.map(|_| ()) }
+        },
+    );
+    if s.reaper_enabled {
+        let stats = Arc::new(reaper::ReaperStats::default());
+        blocks.push(stats.clone());
+        let r = rt.clone();
+        supervisor.spawn_loop(
+            "reaper",
+            Duration::from_secs(s.reaper_interval_s),
+            move || {
+                let (r, stats) = (r.clone(), stats.clone());
+                async move { reaper::tick(&r, &stats).await }
+            },
+        );
+    }
+    if s.reconciler_enabled {
+        let stats = Arc::new(reconciler::ReconcilerStats::default());
+        blocks.push(stats.clone());
+        let r = rt.clone();
+        supervisor.spawn_loop(
+            "reconciler",
+            Duration::from_secs(s.reconciler_interval_s),
+            move || {
+                let (r, stats) = (r.clone(), stats.clone());
+                async move { reconciler::tick(&r, &stats).await }
+            },
+        );
+    }
+    Ok(blocks)
+}

@@ -1,0 +1,106 @@
+//! Start-up recovery of jobs a previous daemon was running
+//! (`requeue_running_jobs`, F-11). For each:
+//! - its run recorded an exit: finalize it now (the monitor that would have
+//!   is gone with the old boot, so the reaper's grace protects nobody);
+//! - its run ended while we were down (the wrapper wrote the exit file):
+//!   record the exit, then finalize;
+//! - its agent still runs: adopt it, wait for the end, finalize;
+//! - otherwise the run was lost: put the job back in the queue.
+//!
+//! A finished stage is never run a second time.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::agents::monitor;
+use crate::agents::runtime::Runtime;
+use crate::db::jobs::{self, JobRow};
+use crate::db::{runs, tasks};
+use crate::proc_group;
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Recovered {
+    pub finalized: usize,
+    pub adopted: usize,
+    pub requeued: usize,
+}
+
+pub async fn requeue_running_jobs(rt: &Runtime) -> anyhow::Result<Recovered> {
+    let mut out = Recovered::default();
+    for job in jobs::running_of_other_boots(rt.db.reader(), &rt.boot_id).await? {
+        let Some(task) = tasks::get(rt.db.reader(), job.task_id).await? else {
+            continue;
+        };
+        let paths = rt.run_paths(&task.work_item, &job);
+        let run = runs::latest_for_job(rt.db.reader(), job.id).await?;
+        match run {
+            Some(r) if r.exit_code.is_some() => {
+                monitor::complete(rt, job.id, "recovery").await?;
+                out.finalized += 1;
+            }
+            Some(r) => {
+                if let Some(code) = paths.read_exit() {
+                    monitor::finish_run(rt, &job, r.id, proc_group::Ended::Exited(code as i32))
+                        .await?;
+                    monitor::complete(rt, job.id, "recovery").await?;
+                    out.finalized += 1;
+                } else if let Some(pgid) = job.pgid.filter(|p| proc_group::group_alive(*p as i32)) {
+                    tracing::info!(job = job.id, pgid, work_item = %task.work_item, "adopting a running agent");
+                    tokio::spawn(adopt(rt.clone(), job.clone(), r.id, pgid as i32));
+                    out.adopted += 1;
+                } else {
+                    requeue(rt, &job, &task.work_item).await?;
+                    out.requeued += 1;
+                }
+            }
+            None => {
+                requeue(rt, &job, &task.work_item).await?;
+                out.requeued += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn requeue(rt: &Runtime, job: &JobRow, work_item: &str) -> anyhow::Result<()> {
+    if jobs::requeue(rt.db.writer(), job.id, "the run was lost in a restart").await? {
+        tracing::warn!(
+            job = job.id,
+            work_item,
+            "run lost in a restart: job queued again"
+        );
+    }
+    Ok(())
+}
+
+/// Wait for an agent we did not spawn (no `wait()` possible): poll its
+/// process group, then read the exit code the wrapper left.
+async fn adopt(rt: Runtime, job: JobRow, run_id: i64, pgid: i32) {
+    let stop = rt.shutdown.clone().wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if !proc_group::group_alive(pgid) {
+            break;
+        }
+    }
+    let wi = tasks::get(rt.db.reader(), job.task_id)
+        .await
+        .ok()
+        .flatten()
+        .map(|t| t.work_item)
+        .unwrap_or_default();
+    let code = rt.run_paths(&wi, &job).read_exit().unwrap_or(137);
+    let result = async {
+        monitor::finish_run(&rt, &job, run_id, proc_group::Ended::Exited(code as i32)).await?;
+        monitor::complete(&rt, job.id, "monitor").await.map(|_| ())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(job = job.id, error = %e, "adopted run could not be finalized; the reaper will");
+    }
+}

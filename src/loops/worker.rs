@@ -1,0 +1,58 @@
+//! The worker (F-11): each tick starts queued jobs within the global and
+//! per-project concurrency limits, skipping tasks that wait on dependencies
+//! (F-17), and hands each started job to a monitor task.
+
+use std::collections::HashMap;
+
+use crate::agents::monitor;
+use crate::agents::runtime::Runtime;
+use crate::db::jobs;
+
+/// Start what fits. Returns the ids of the jobs started.
+pub async fn tick(rt: &Runtime) -> anyhow::Result<Vec<i64>> {
+    let mut running: HashMap<String, u64> = jobs::running_per_project(rt.db.reader())
+        .await?
+        .into_iter()
+        .map(|(p, n)| (p, n as u64))
+        .collect();
+    let mut total: u64 = running.values().sum();
+    let global = rt.settings.max_concurrent_jobs;
+    let per_project = rt.settings.max_concurrent_jobs_per_project;
+    let mut started = Vec::new();
+    if total >= global {
+        return Ok(started);
+    }
+    for c in jobs::candidates(rt.db.reader(), 200).await? {
+        if c.task_stage != c.job.stage || c.task_stage.is_terminal() {
+            // The task moved on (a rollback, a cancel): this job is stale.
+            jobs::transition(
+                rt.db.writer(),
+                c.job.id,
+                "queued",
+                "cancelled",
+                Some("the task moved on"),
+            )
+            .await?;
+            continue;
+        }
+        if total >= global {
+            break;
+        }
+        let n = running.entry(c.project.clone()).or_default();
+        if *n >= per_project {
+            continue;
+        }
+        if !jobs::start(rt.db.writer(), c.job.id, &rt.boot_id, rt.clock.now_ms()).await? {
+            continue;
+        }
+        *n += 1;
+        total += 1;
+        started.push(c.job.id);
+        let mut job = c.job;
+        job.status = "running".into();
+        job.boot_id = Some(rt.boot_id.clone());
+        tracing::info!(job = job.id, role = %job.role, stage = %job.stage, project = %c.project, "job started");
+        tokio::spawn(monitor::run_job(rt.clone(), job));
+    }
+    Ok(started)
+}
