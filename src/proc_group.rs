@@ -68,6 +68,8 @@ pub struct Spec {
     pub cwd: PathBuf,
     /// Added to the daemon's environment (the agent needs PATH, HOME, ...).
     pub env: Vec<(String, String)>,
+    /// Removed from the inherited environment (the daemon's own secrets).
+    pub env_remove: Vec<String>,
     /// stdout and stderr are appended here; `None` = captured in memory (the
     /// last [`CAPTURE_CAP`] bytes).
     pub log: Option<PathBuf>,
@@ -168,6 +170,9 @@ pub fn spawn(spec: &Spec) -> Result<Group, ProcError> {
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .process_group(0);
+    for k in &spec.env_remove {
+        cmd.env_remove(k);
+    }
     match &spec.log {
         Some(path) => {
             let log_err = |source| ProcError::Log {
@@ -627,6 +632,20 @@ mod tests {
         let out = run(&s, TIMEOUT, GRACE).await.unwrap();
         let cwd = dir.path().canonicalize().unwrap();
         assert_eq!(out.output, format!("developer|{}|eof\n", cwd.display()));
+    }
+
+    #[tokio::test]
+    async fn inherited_variables_can_be_removed() {
+        // cargo sets CARGO_MANIFEST_DIR for test processes, so the child
+        // inherits it; removing it must reach the child (the launcher strips
+        // the daemon's secrets this way).
+        let show = "printf '%s' \"${CARGO_MANIFEST_DIR:-gone}\"";
+        let mut s = spec(show);
+        s.env_remove = vec!["CARGO_MANIFEST_DIR".into()];
+        let out = run(&s, TIMEOUT, GRACE).await.unwrap();
+        assert_eq!(out.output, "gone");
+        let kept = run(&spec(show), TIMEOUT, GRACE).await.unwrap();
+        assert_ne!(kept.output, "gone");
     }
 
     #[test]

@@ -128,6 +128,10 @@ pub async fn launch(
         command: WRAPPER.to_string(),
         cwd: worktree.to_path_buf(),
         env,
+        env_remove: crate::config::SECRET_ENV_KEYS
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
         log: Some(paths.log.clone()),
     })
     .map_err(|e| LaunchError::Spawn(e.to_string()))?;

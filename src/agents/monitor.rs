@@ -171,8 +171,8 @@ async fn over_budget(
     if task_cap <= 0.0 && stage_cap <= 0.0 {
         return None;
     }
-    let text = tokio::fs::read_to_string(log).await.unwrap_or_default();
-    let now = usage::running_cost(&text, &usage::PriceTable::default());
+    let text = read_log(log).await;
+    let now = usage::running_cost(&text, &prices_for(rt, Some(&task.project), &job.role));
     let spent_task = runs::cost_of(rt.db.reader(), task.id, None)
         .await
         .unwrap_or(0.0)
@@ -223,9 +223,15 @@ pub async fn finish_run(
 }
 
 async fn record_usage(rt: &Runtime, job: &JobRow, run_id: i64) {
-    let log = rt.run_paths(&work_item_of(rt, job).await, job).log;
-    let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
-    let parsed = usage::parse(&text, &usage::PriceTable::default());
+    let task = tasks::get(rt.db.reader(), job.task_id).await.ok().flatten();
+    let wi = task
+        .as_ref()
+        .map(|t| t.work_item.clone())
+        .unwrap_or_default();
+    let log = rt.run_paths(&wi, job).log;
+    let text = read_log(&log).await;
+    let prices = prices_for(rt, task.as_ref().map(|t| t.project.as_str()), &job.role);
+    let parsed = usage::parse(&text, &prices);
     if let Some(w) = &parsed.warning {
         tracing::warn!(job = job.id, "usage: {w}");
     }
@@ -240,6 +246,35 @@ async fn record_usage(rt: &Runtime, job: &JobRow, run_id: i64) {
     if let Err(e) = runs::record_usage(rt.db.writer(), run_id, &row).await {
         tracing::warn!(job = job.id, error = %e, "usage not recorded");
     }
+}
+
+/// An agent's log as text. Lossy: one stray byte must not make the spend
+/// read as zero (the budget check would switch itself off).
+async fn read_log(path: &std::path::Path) -> String {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Prices for a run: output that names no model (Codex) is priced as the
+/// role's configured model when the table knows it, not the table's default.
+fn prices_for(rt: &Runtime, project: Option<&str>, role: &str) -> usage::PriceTable {
+    let mut prices = usage::PriceTable::default();
+    let model = project
+        .and_then(|p| rt.project(p))
+        .map(|p| super::launcher::resolve(rt, p, role).model)
+        .unwrap_or_else(|| rt.settings.agent_model.clone());
+    let known = prices
+        .models
+        .keys()
+        .filter(|k| !model.is_empty() && model.starts_with(k.as_str()))
+        .max_by_key(|k| k.len())
+        .cloned();
+    if let Some(k) = known {
+        prices.default_model = k;
+    }
+    prices
 }
 
 async fn work_item_of(rt: &Runtime, job: &JobRow) -> String {

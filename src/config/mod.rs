@@ -19,6 +19,17 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use load::{EnvProvider, Fields, line_col};
 
+/// Environment variables that hold the daemon's own secrets: never handed on
+/// to an agent or a gate command (they run code we did not write).
+pub const SECRET_ENV_KEYS: &[&str] = &[
+    "ORCH_ADMIN_TOKEN",
+    "ORCH_PLANE_API_KEY",
+    "ORCH_PLANE_WEBHOOK_SECRET",
+    "ORCH_GITEA_TOKEN",
+    "ORCH_GITEA_WEBHOOK_SECRET",
+    "ORCH_TELEGRAM_BOT_TOKEN",
+];
+
 /// A secret value: never printed, never serialized in clear.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
