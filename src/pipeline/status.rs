@@ -194,15 +194,10 @@ impl Pipeline {
             project: c.project.clone(),
             title: c.title.clone(),
             description: c.description.clone(),
-            // The task branch and worktree are named here; F-08 prepares them.
+            // The branch is the work item's (`DEMO-12` → `demo-12`, as F-08
+            // names it); the worktree is recorded when F-08 prepares it.
             branch: Some(c.work_item.to_ascii_lowercase()),
-            worktree: Some(
-                self.settings
-                    .workspace_root
-                    .join(&c.work_item)
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
+            worktree: None,
         };
         match tasks::insert(self.db.writer(), &new).await {
             Ok(id) => Ok(Some(id)),

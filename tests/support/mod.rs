@@ -32,6 +32,10 @@ pub fn db_path(dir: &Path) -> PathBuf {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_orchestrator")
 }
-pub mod sim;
 pub mod doubles;
+pub mod gitea_double;
+pub mod intake_env;
+pub mod plane_double;
+pub mod plane_webhooks;
 pub mod runtime;
+pub mod sim;
