@@ -12,6 +12,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use orchestrator::app;
 use orchestrator::db::Db;
@@ -20,6 +21,7 @@ use orchestrator::db::tasks;
 use orchestrator::domain::Stage;
 use orchestrator::intake::Replay;
 use orchestrator::pipeline::status::REJECTED_FALLBACK;
+use orchestrator::stage_engine::{Boot, Engine};
 use serde_json::json;
 use support::gitea_double::Pull;
 use support::intake_env::{GSECRET, env};
@@ -466,4 +468,56 @@ async fn an_accepted_delivery_is_worked_after_a_restart_and_replay_dedups_unless
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["replay"], "skipped", "{printed}");
     e.stop().await;
+}
+
+#[tokio::test]
+async fn the_deploy_status_guard_allows_converges_and_suppresses() {
+    let e = env().await;
+    let (item, stale) = e.analysed(12).await;
+    let engine = Engine::builder(e.db.clone(), Boot::new()).build();
+    let p = app::build_pipeline(Arc::new(e.settings.clone()), e.db.clone(), engine);
+    // Not terminal: the deploy-phase status is set.
+    p.set_status(&stale, "deploying", "test").await.unwrap();
+    assert_eq!(e.plane.state_of(&item), "Deploying");
+
+    // Done a moment ago: inside the post-deploy window, Monitoring is true.
+    e.seed_stage(&stale, "done").await;
+    sqlx::query(
+        "INSERT INTO stage_history (task_id, from_stage, to_stage, from_version, to_version, actor, at)
+         VALUES (?, 'deploy', 'done', 7, 8, 'test', ?)",
+    )
+    .bind(stale.id)
+    .bind(orchestrator::db::now_ms())
+    .execute(e.db.writer())
+    .await
+    .unwrap();
+    // The caller's snapshot is stale (analysis): the guard re-reads.
+    p.set_status(&stale, "monitoring", "test").await.unwrap();
+    assert_eq!(e.plane.state_of(&item), "Monitoring after Deploy");
+
+    // The window closed: a late caller converges to Done instead.
+    sqlx::query("UPDATE stage_history SET at = 0 WHERE task_id = ?")
+        .bind(stale.id)
+        .execute(e.db.writer())
+        .await
+        .unwrap();
+    p.set_status(&stale, "awaiting_deploy", "test")
+        .await
+        .unwrap();
+    assert_eq!(e.plane.state_of(&item), "Done");
+
+    // Cancelled: nothing is set at all.
+    e.seed_stage(&stale, "cancelled").await;
+    let before = e.plane.requests().len();
+    p.set_status(&stale, "deploying", "test").await.unwrap();
+    assert_eq!(e.plane.state_of(&item), "Done");
+    assert_eq!(
+        e.plane.requests().len(),
+        before,
+        "suppressed before any call"
+    );
+    // Other statuses do not pass the guard.
+    p.set_status(&stale, "in_review", "test").await.unwrap();
+    assert_eq!(e.plane.state_of(&item), "In Review");
+    e.settle().await;
 }
