@@ -183,6 +183,13 @@ async fn latest_comment_is_the_newest_human_one_across_pages() {
     }
     let newest = e.client.latest_comment(&e.item).await.unwrap();
     assert_eq!(newest.as_deref(), Some("<p>at 10:00:05</p>"));
+    let all = e.client.comments(&e.item).await.unwrap();
+    let times: Vec<&str> = all.iter().map(|c| &c.created_at[11..19]).collect();
+    assert_eq!(
+        times,
+        ["10:00:09", "10:00:05", "10:00:04", "10:00:03", "10:00:02", "10:00:01"],
+        "newest first, across 3 pages of 2"
+    );
     assert!(e.count("GET", "/comments/") >= 3, "followed the pages");
 }
 

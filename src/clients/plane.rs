@@ -54,6 +54,17 @@ impl Default for PlanePolicy {
     }
 }
 
+/// A comment as Plane lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaneComment {
+    pub id: String,
+    pub html: String,
+    pub created_at: String,
+    pub created_by: Option<String>,
+    pub external_source: Option<String>,
+    pub external_id: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 struct State {
     id: String,
@@ -300,6 +311,34 @@ impl PlaneClient {
         })
     }
 
+    /// Every comment of a work item, newest first (by `created_at`; Plane
+    /// lists newest first too, and its order breaks ties), across pages.
+    pub async fn comments(&self, item: &TrackerRef) -> Result<Vec<PlaneComment>, ClientError> {
+        let url = format!("{}/comments/", self.item_path(item));
+        let text = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
+        let mut list: Vec<(usize, Option<SystemTime>, PlaneComment)> = self
+            .list_all(&url)
+            .await?
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let comment = PlaneComment {
+                    id: text(c, "id").unwrap_or_default(),
+                    html: text(c, "comment_html")
+                        .or_else(|| text(c, "comment_stripped"))
+                        .unwrap_or_default(),
+                    created_at: text(c, "created_at").unwrap_or_default(),
+                    created_by: text(c, "created_by"),
+                    external_source: text(c, "external_source"),
+                    external_id: text(c, "external_id"),
+                };
+                (i, created_at(c), comment)
+            })
+            .collect();
+        list.sort_by(|(ia, ta, _), (ib, tb, _)| tb.cmp(ta).then(ia.cmp(ib)));
+        Ok(list.into_iter().map(|(_, _, c)| c).collect())
+    }
+
     fn key_of_id(&self, states: &[State], state_id: &str) -> Option<String> {
         let s = states.iter().find(|s| s.id == state_id)?;
         self.statuses.key_of(&s.name).map(str::to_string)
@@ -352,32 +391,18 @@ impl Tracker for PlaneClient {
     }
 
     async fn latest_comment(&self, item: &TrackerRef) -> Result<Option<String>, ClientError> {
-        let url = format!("{}/comments/", self.item_path(item));
-        let comments = self.list_all(&url).await?;
         let bot = self.bot_user_id().await.ok().flatten();
-        // Plane lists newest first; we still pick by `created_at` and skip
-        // our own comments, which are not the person's reason.
-        let newest = comments
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| {
-                c.get("external_source").and_then(Value::as_str) != Some(EXTERNAL_SOURCE)
-                    && (bot.is_none()
-                        || c.get("created_by").and_then(Value::as_str) != bot.as_deref())
+        // Our own comments (approval requests, usage) are not the person's
+        // reason: skip them.
+        Ok(self
+            .comments(item)
+            .await?
+            .into_iter()
+            .find(|c| {
+                c.external_source.as_deref() != Some(EXTERNAL_SOURCE)
+                    && (bot.is_none() || c.created_by != bot)
             })
-            .max_by(|(ia, a), (ib, b)| {
-                created_at(a)
-                    .cmp(&created_at(b))
-                    // Same or unknown time: the earlier in the list is newer.
-                    .then(ib.cmp(ia))
-            })
-            .map(|(_, c)| c);
-        Ok(newest.and_then(|c| {
-            c.get("comment_html")
-                .or_else(|| c.get("comment_stripped"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        }))
+            .map(|c| c.html))
     }
 
     async fn current_status(&self, item: &TrackerRef) -> Result<Option<String>, ClientError> {
