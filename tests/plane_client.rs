@@ -187,7 +187,9 @@ async fn latest_comment_is_the_newest_human_one_across_pages() {
     let times: Vec<&str> = all.iter().map(|c| &c.created_at[11..19]).collect();
     assert_eq!(
         times,
-        ["10:00:09", "10:00:05", "10:00:04", "10:00:03", "10:00:02", "10:00:01"],
+        [
+            "10:00:09", "10:00:05", "10:00:04", "10:00:03", "10:00:02", "10:00:01"
+        ],
         "newest first, across 3 pages of 2"
     );
     assert!(e.count("GET", "/comments/") >= 3, "followed the pages");
