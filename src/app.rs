@@ -160,6 +160,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         clock: crate::clock::Clock::new(),
         boot_id: engine.boot().boot_id.clone(),
         shutdown: stop.clone(),
+        merge_gate: Default::default(),
     };
     let blocks = crate::loops::start(&rt, &mut supervisor).await?;
     let state = AppState {

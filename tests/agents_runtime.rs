@@ -67,13 +67,14 @@ async fn scripted_agents_drive_a_task_from_analysis_to_deploy() {
             "developer",
             "reviewer",
             "tester",
-            "deployer"
+            "deployer",
+            "merge-gate"
         ]
     );
     assert!(js.iter().all(|j| j.status == "done"), "{js:?}");
 
-    // Every run recorded its exit and usage.
-    for j in &js {
+    // Every agent run recorded its exit and usage (the merge gate is no agent).
+    for j in js.iter().filter(|j| j.role != "merge-gate") {
         let r = runs::latest_for_job(h.db.reader(), j.id)
             .await
             .unwrap()
@@ -251,8 +252,13 @@ async fn a_silent_agent_is_stall_killed_with_its_whole_group() {
     })
     .await;
     let pgid = job_rows(&h, id).await[0].pgid.unwrap();
-    h.drive("the stall kill", 30, || async {
-        job_rows(&h, id).await[0].status == "failed"
+    h.drive("the stall kill and the hold", 30, || async {
+        tasks::get(h.db.reader(), id)
+            .await
+            .unwrap()
+            .unwrap()
+            .hold_reason
+            .is_some()
     })
     .await;
     assert!(

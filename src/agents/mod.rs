@@ -3,5 +3,6 @@
 pub mod launcher;
 pub mod monitor;
 pub mod prompts;
+pub mod runners;
 pub mod runtime;
 pub mod usage;

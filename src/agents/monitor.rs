@@ -105,6 +105,11 @@ async fn run_job_inner(rt: &Runtime, job: &JobRow) -> anyhow::Result<()> {
         ),
     )
     .await;
+    if let Some(which) = super::runners::builtin_for(&project, job) {
+        let (run_id, ended) = super::runners::run(rt, which, job, &task, &project, &wt).await?;
+        finish_run(rt, job, run_id, ended).await?;
+        return complete(rt, job.id, "monitor").await.map(|_| ());
+    }
     let mut launched = launcher::launch(rt, job, &task, &project, &wt, &prompt).await?;
     let Some(ended) = watch(rt, job, &task, &mut launched).await else {
         tracing::info!(
@@ -306,8 +311,18 @@ pub async fn complete(rt: &Runtime, job_id: i64, who: &str) -> anyhow::Result<bo
     let Some(task) = tasks::get(rt.db.reader(), job.task_id).await? else {
         return Ok(false);
     };
-    if let Some(project) = rt.project(&task.project).cloned() {
-        publish(rt, &job, &task, &project, &run).await;
+    let pushed = match rt.project(&task.project).cloned() {
+        Some(project) => publish(rt, &job, &task, &project, &run).await,
+        None => None,
+    };
+    // Staging ran on this head: the merge gate may skip its re-test for it
+    // and for nothing else (F-18).
+    if exit == 0
+        && job.stage == Stage::DeployStaging
+        && job.role == "deployer"
+        && let Some(sha) = &pushed
+    {
+        tasks::set_validated_sha(rt.db.writer(), task.id, sha).await?;
     }
     if !jobs::claim(rt.db.writer(), job.id, who).await? {
         tracing::info!(
@@ -330,7 +345,7 @@ async fn publish(
     task: &TaskRow,
     project: &crate::config::Project,
     run: &runs::RunRow,
-) {
+) -> Option<String> {
     let wi = &task.work_item;
     let msg = format!(
         "{}: {} ({} stage, attempt {})",
@@ -394,6 +409,7 @@ async fn publish(
         &usage::usage_comment(&job.role, &u),
     )
     .await;
+    pushed.ok().map(|p| p.sha)
 }
 
 fn artifact_links(task: &TaskRow, project: &crate::config::Project) -> String {
@@ -447,10 +463,11 @@ async fn decide(rt: &Runtime, job: &JobRow, task: &TaskRow, exit: i64) -> anyhow
             .await;
             return Ok(());
         }
-        let why = if killed_for.starts_with(STALLED) {
-            killed_for
-        } else {
+        // A stall, a tool error: the reason the run was stopped or deferred.
+        let why = if killed_for.is_empty() {
             format!("the {} exited with {exit}", job.role)
+        } else {
+            killed_for
         };
         retry_or_hold(rt, job, &why).await;
         return Ok(());

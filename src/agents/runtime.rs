@@ -26,6 +26,8 @@ pub struct Runtime {
     /// Fires at daemon shutdown: monitors stop watching (the agents go on
     /// and are adopted after the restart).
     pub shutdown: Shutdown,
+    /// Counters of the merge gate (F-18), shown in `/queue`.
+    pub merge_gate: Arc<crate::gates::merge_gate::MergeGateStats>,
 }
 
 impl Runtime {

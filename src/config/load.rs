@@ -301,6 +301,9 @@ impl<'a> Fields<'a> {
             agent_stall_timeout_s: self.positive("agent_stall_timeout_s", d.agent_stall_timeout_s),
             merge_retest_timeout_s: self
                 .positive("merge_retest_timeout_s", d.merge_retest_timeout_s),
+            merge_gate_infra_retries: self
+                .or_default("merge_gate_infra_retries", d.merge_gate_infra_retries),
+            command_timeout_s: self.positive("command_timeout_s", d.command_timeout_s),
             merge_retry_enabled: self.or_default("merge_retry_enabled", d.merge_retry_enabled),
             merge_retry_max_attempts: self.positive(
                 "merge_retry_max_attempts",

@@ -208,6 +208,10 @@ pub struct Project {
     pub deploy_command: String,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentOverride>,
+    /// Read-only URLs the deterministic tester GETs after the test command
+    /// (F-20); any answer but 2xx fails the run.
+    #[serde(default)]
+    pub smoke_urls: Vec<String>,
 }
 
 fn default_branch() -> String {
@@ -266,6 +270,11 @@ pub struct Settings {
     pub reaper_max_running_s: u64,
     pub agent_stall_timeout_s: u64,
     pub merge_retest_timeout_s: u64,
+    /// How often an infra failure (timeout, lock-busy) of the merge gate's
+    /// re-test is retried in place before the task holds (F-18).
+    pub merge_gate_infra_retries: u64,
+    /// Timeout of the deterministic tester and the staging command (F-20, F-22).
+    pub command_timeout_s: u64,
     /// Off: `merge_pr` makes one attempt (F-07).
     pub merge_retry_enabled: bool,
     pub merge_retry_max_attempts: u32,
@@ -322,6 +331,8 @@ impl Default for Settings {
             reaper_max_running_s: 7200,
             agent_stall_timeout_s: 900,
             merge_retest_timeout_s: 900,
+            merge_gate_infra_retries: 2,
+            command_timeout_s: 1800,
             merge_retry_enabled: true,
             merge_retry_max_attempts: 3,
             merge_retry_base_s: 2,

@@ -9,6 +9,7 @@ pub mod effects;
 pub mod history;
 pub mod jobs;
 pub mod leases;
+pub mod merge_lease;
 pub mod runs;
 pub mod tasks;
 

@@ -57,6 +57,10 @@ pub struct TaskRow {
     pub tombstoned_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// F-18: the stage version at which the merge gate passed.
+    pub merge_gate_version: Option<i64>,
+    /// F-18: the branch head that staging or a re-test validated.
+    pub validated_sha: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -236,6 +240,38 @@ pub async fn set_workspace<'e>(
         .execute(ex)
         .await?;
     Ok(())
+}
+
+/// Record the branch head a passing validation ran on (F-18).
+pub async fn set_validated_sha<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    sha: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tasks SET validated_sha = ?, updated_at = ? WHERE id = ?")
+        .bind(sha)
+        .bind(now_ms())
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Record that the merge gate passed at `version` (F-18). Only at that
+/// version: a later stage write (a rollback) makes it stale by itself.
+pub async fn set_merge_gate_passed<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    version: i64,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE tasks SET merge_gate_version = ?, updated_at = ? WHERE id = ? AND stage_version = ?")
+        .bind(version)
+        .bind(now_ms())
+        .bind(id)
+        .bind(version)
+        .execute(ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub const REVIEW: &str = "11-review.md";
 pub const TEST_REPORT: &str = "13-test-report.md";
 pub const STAGING_REPORT: &str = "14-staging-report.md";
 pub const DEPLOY_REPORT: &str = "15-deploy-report.md";
+/// The reason staging waits on: the pipeline queues the merge gate on it.
+pub const MERGE_GATE_PENDING: &str = "staging passed; waiting for the merge gate";
 
 /// What a gate may look at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +43,19 @@ pub struct GateInput {
     pub deploy_confirmed: bool,
     /// The branch changes files outside the artifact dir; `None` = unknown yet.
     pub code_changed: Option<bool>,
+    /// The merge gate (F-18) at the task's current stage version. The
+    /// daemon's inputs always set it from the task row; `NotRequired` is for
+    /// inputs that model staging alone (tests, the simulation).
+    pub merge_gate: MergeGate,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MergeGate {
+    #[default]
+    NotRequired,
+    /// Not passed at this version yet.
+    Pending,
+    Passed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -254,6 +269,9 @@ fn check_staging_passed(input: &GateInput) -> GateVerdict {
     };
     match verdict_of(&lines, "staging_status", STAGING_REPORT) {
         Err(v) => v,
+        Ok("SUCCESS") if input.merge_gate == MergeGate::Pending => {
+            GateVerdict::Pending(MERGE_GATE_PENDING.into())
+        }
         Ok("SUCCESS") => GateVerdict::Pass,
         Ok("FAILURE") => GateVerdict::Fail("staging failed".into()),
         Ok(other) => GateVerdict::Fail(format!("{STAGING_REPORT}: unknown staging_status {other}")),
@@ -428,6 +446,24 @@ mod tests {
         assert_eq!(
             GateId::DeployConfirmed.evaluate(&confirmed),
             GateVerdict::Pass
+        );
+    }
+
+    #[test]
+    fn staging_waits_for_the_merge_gate_when_required() {
+        let mut i = with(STAGING_REPORT, "staging_status: SUCCESS");
+        i.merge_gate = MergeGate::Pending;
+        assert_eq!(
+            GateId::StagingPassed.evaluate(&i),
+            GateVerdict::Pending(MERGE_GATE_PENDING.into())
+        );
+        i.merge_gate = MergeGate::Passed;
+        assert_eq!(GateId::StagingPassed.evaluate(&i), GateVerdict::Pass);
+        let mut failed = with(STAGING_REPORT, "staging_status: FAILURE");
+        failed.merge_gate = MergeGate::Pending;
+        assert!(
+            is_fail(&GateId::StagingPassed.evaluate(&failed)),
+            "a failed staging never waits"
         );
     }
 

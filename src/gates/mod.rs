@@ -2,3 +2,4 @@
 //! whether a deploy-phase Plane status may be set at all.
 
 pub mod deploy_status_guard;
+pub mod merge_gate;

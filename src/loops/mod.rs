@@ -27,7 +27,7 @@ pub async fn start(
         "jobs of the previous run recovered"
     );
     let s = &rt.settings;
-    let mut blocks: Vec<Arc<dyn StatusBlock>> = Vec::new();
+    let mut blocks: Vec<Arc<dyn StatusBlock>> = vec![rt.merge_gate.clone()];
 
     let w = rt.clone();
     supervisor.spawn_loop(

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use crate::agents::monitor;
 use crate::agents::runtime::Runtime;
-use crate::db::jobs;
+use crate::db::{jobs, merge_lease};
+use crate::gates::merge_gate;
 
 /// Start what fits. Returns the ids of the jobs started.
 pub async fn tick(rt: &Runtime) -> anyhow::Result<Vec<i64>> {
@@ -42,6 +43,14 @@ pub async fn tick(rt: &Runtime) -> anyhow::Result<Vec<i64>> {
         if *n >= per_project {
             continue;
         }
+        if c.job.role == merge_gate::ROLE
+            && merge_lease::holder(rt.db.reader(), &c.project)
+                .await?
+                .is_some_and(|t| t != c.job.task_id)
+        {
+            // F-17: another task holds the project's merge lease.
+            continue;
+        }
         if !jobs::start(rt.db.writer(), c.job.id, &rt.boot_id, rt.clock.now_ms()).await? {
             continue;
         }
@@ -52,7 +61,11 @@ pub async fn tick(rt: &Runtime) -> anyhow::Result<Vec<i64>> {
         job.status = "running".into();
         job.boot_id = Some(rt.boot_id.clone());
         tracing::info!(job = job.id, role = %job.role, stage = %job.stage, project = %c.project, "job started");
-        tokio::spawn(monitor::run_job(rt.clone(), job));
+        if job.role == merge_gate::ROLE {
+            tokio::spawn(merge_gate::run(rt.clone(), rt.merge_gate.clone(), job));
+        } else {
+            tokio::spawn(monitor::run_job(rt.clone(), job));
+        }
     }
     Ok(started)
 }

@@ -54,6 +54,18 @@ impl Pipeline {
     pub async fn advance(&self, task_id: i64, actor: &str) -> Result<Outcome, EngineError> {
         let out = self.engine.advance_stage(task_id, actor).await?;
         self.after_move(task_id, &out).await?;
+        if let Outcome::Pending {
+            stage: Stage::DeployStaging,
+            reason,
+        } = &out
+            && reason == crate::domain::gates::MERGE_GATE_PENDING
+        {
+            // Staging passed: the merge gate runs next (F-18), as a job so it
+            // shares the worker's limits and survives a restart.
+            let role = crate::gates::merge_gate::ROLE;
+            let q = jobs::enqueue(&self.db, task_id, Stage::DeployStaging, role, 1, "").await?;
+            tracing::info!(task_id, job = q.id(), "merge gate queued");
+        }
         Ok(out)
     }
 
@@ -69,6 +81,11 @@ impl Pipeline {
         let Some(task) = tasks::get(self.db.reader(), task_id).await? else {
             return Ok(());
         };
+        if !matches!(task.stage, Stage::DeployStaging | Stage::Deploy) {
+            // The merge lease spans merge gate → done (F-17); a task anywhere
+            // else (rolled back, done, cancelled) holds none.
+            crate::db::merge_lease::release(self.db.writer(), &task.project, task.id).await?;
+        }
         if task.stage != to {
             // Moved again meanwhile (a deferred cancel): that move's caller acts.
             return Ok(());

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::config::Settings;
 use crate::db::tasks::TaskRow;
+use crate::domain::gates::MergeGate;
 use crate::domain::{GateInput, Stage};
 use crate::git::Workspace;
 
@@ -52,6 +53,11 @@ impl GateInputs for FsArtifacts {
         let mut input = GateInput {
             approved: task.approved_at.is_some(),
             deploy_confirmed: task.deploy_confirmed_at.is_some(),
+            merge_gate: if task.merge_gate_version == Some(task.stage_version) {
+                MergeGate::Passed
+            } else {
+                MergeGate::Pending
+            },
             ..Default::default()
         };
         if let Some(wt) = &task.worktree {
@@ -135,6 +141,8 @@ mod tests {
             tombstoned_at: None,
             created_at: 0,
             updated_at: 0,
+            merge_gate_version: None,
+            validated_sha: None,
         };
         let input = FsArtifacts.load(&task).await;
         assert!(input.approved && !input.deploy_confirmed);

@@ -13,6 +13,8 @@ pub struct Recovery {
     pub reclaimed_leases: usize,
     pub kept_live_leases: usize,
     pub resumed_tasks: Vec<(i64, Outcome)>,
+    /// Tasks whose resume failed (alerted, left for an operator).
+    pub failed_tasks: Vec<i64>,
 }
 
 impl Engine {
@@ -89,15 +91,40 @@ impl Engine {
                 .await;
             }
         }
-        // One resume per task, in task order, however many effects it has open.
-        let task_ids: std::collections::BTreeSet<i64> = effects::open(self.0.db.reader())
-            .await?
-            .iter()
-            .map(|r| r.task_id)
-            .collect();
+        // One resume per task, in task order, however many effects it has
+        // open. Only rows at the task's current version are an unfinished
+        // transition; an older one was overtaken (a cancel) and stays as a
+        // record. One task that cannot be resumed must not keep the daemon
+        // from starting: it is alerted and left for an operator.
+        let mut task_ids = std::collections::BTreeSet::new();
+        for row in effects::open(self.0.db.reader()).await? {
+            if let Some(t) = tasks::get(self.0.db.reader(), row.task_id).await?
+                && t.stage_version == row.stage_version
+                && !t.stage.is_terminal()
+            {
+                task_ids.insert(t.id);
+            }
+        }
         for id in task_ids {
-            let out = self.advance_stage(id, "recovery").await?;
-            rec.resumed_tasks.push((id, out));
+            match self.advance_stage(id, "recovery").await {
+                Ok(out) => rec.resumed_tasks.push((id, out)),
+                Err(e) => {
+                    let wi = tasks::get(self.0.db.reader(), id)
+                        .await?
+                        .map(|t| t.work_item);
+                    tracing::error!(task_id = id, error = %e, "could not resume an unfinished transition");
+                    self.alert(
+                        "recovery_failed",
+                        wi.clone(),
+                        format!(
+                            "{}: the unfinished transition could not be resumed: {e}",
+                            wi.as_deref().unwrap_or("?")
+                        ),
+                    )
+                    .await;
+                    rec.failed_tasks.push(id);
+                }
+            }
         }
         Ok(rec)
     }

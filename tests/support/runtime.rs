@@ -73,12 +73,17 @@ pub struct Harness {
 impl Harness {
     /// `projects`: names of projects to configure (each gets a bare remote).
     pub async fn new(projects: &[&str], env: &[(&str, &str)]) -> Harness {
+        Self::new_with(projects, "", env).await
+    }
+
+    /// `project_toml`: extra keys for every `[[projects]]` entry.
+    pub async fn new_with(projects: &[&str], project_toml: &str, env: &[(&str, &str)]) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = String::new();
         for p in projects {
             let bare = bare_remote(dir.path(), p);
             toml.push_str(&format!(
-                "[[projects]]\nname = \"{p}\"\nplane_project_id = \"pp-{p}\"\nwork_item_prefix = \"{}\"\nrepo_url = \"{}\"\ngitea_repo = \"team/{p}\"\n\n",
+                "[[projects]]\nname = \"{p}\"\nplane_project_id = \"pp-{p}\"\nwork_item_prefix = \"{}\"\nrepo_url = \"{}\"\ngitea_repo = \"team/{p}\"\n{project_toml}\n\n",
                 p.to_uppercase(),
                 bare.display()
             ));
@@ -133,6 +138,7 @@ impl Harness {
             clock: Clock::new(),
             boot_id: engine.boot().boot_id.clone(),
             shutdown,
+            merge_gate: Default::default(),
         };
         Harness {
             dir,
