@@ -65,6 +65,15 @@ pub fn build_pipeline(settings: Arc<Settings>, db: Db, engine: Engine) -> Pipeli
     }
 }
 
+/// The effect implementations of the daemon's engine (F-19, F-23, B-1).
+pub fn daemon_effects(settings: &Arc<Settings>, db: &Db) -> crate::stage_engine::EffectRegistry {
+    crate::effects::daemon_effects(
+        settings.clone(),
+        db.clone(),
+        clients::gitea::forge_from_settings(settings),
+    )
+}
+
 /// `orchestrator replay <delivery id> [--force]` (B-6): run a stored
 /// delivery through the intake's processing again, in this process, next to
 /// a running daemon or without one (the stage engine's lease and CAS fence
@@ -75,7 +84,10 @@ pub async fn replay(settings: Settings, delivery_id: &str, force: bool) -> anyho
     let db = Db::open(&db_path)
         .await
         .with_context(|| format!("opening the database {}", db_path.display()))?;
-    let engine = Engine::builder(db.clone(), Boot::new()).build();
+    // The daemon's effects: a replayed Confirm Deploy must really merge.
+    let engine = Engine::builder(db.clone(), Boot::new())
+        .effects(daemon_effects(&settings, &db))
+        .build();
     let intake = Intake::new(build_pipeline(settings, db.clone(), engine));
     let out = intake.replay(delivery_id, force).await;
     db.close().await;
@@ -128,6 +140,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     };
     let engine = Engine::builder(db.clone(), boot)
         .inputs(Arc::new(inputs))
+        .effects(daemon_effects(&settings, &db))
         .build();
     let recovery = engine
         .recover_on_startup()
@@ -138,6 +151,14 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         resumed_tasks = recovery.resumed_tasks.len(),
         "recovery done"
     );
+    // What follows a move the recovery finished (the next job, the tracker
+    // status, the post-deploy window of a deploy finished after a crash).
+    let recovered = build_pipeline(settings.clone(), db.clone(), engine.clone());
+    for (task_id, out) in &recovery.resumed_tasks {
+        if let Err(e) = recovered.after_move(*task_id, out).await {
+            tracing::warn!(task_id, error = %e, "after a recovered move");
+        }
+    }
 
     let mut supervisor = Supervisor::new();
     // Intake (F-01, F-06): the worker acts on stored deliveries after the

@@ -8,6 +8,7 @@
 //! - `git`: worktrees through the git CLI (F-08).
 //! - `proc_group`: THE spawner of agent and gate commands: own process group, tree-kill SIGTERM → grace → SIGKILL (F-12, F-18, B-8).
 //! - `clock`: the loops' clock (tokio time, so tests can pause it).
+//! - `effects`: what each irreversible effect kind does outside (merge, deploy, coverage ratchet, image; F-19, F-23).
 //! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
 //! - `clients`: the `Tracker` and `Forge` ports (Plane, Gitea) and their adapters.
 //! - `intake`: signed Plane and Gitea webhooks in, stored, deduplicated, replayable (F-01, F-06, B-6).
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod effects;
 pub mod events;
 pub mod gates;
 pub mod git;

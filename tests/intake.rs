@@ -326,12 +326,20 @@ async fn confirm_deploy_counts_only_at_deploy() {
     assert_eq!((t.stage, t.deploy_confirmed_at), (Stage::Analysis, None));
 
     e.seed_stage(&task, "deploy").await;
+    // F-23: Confirm Deploy really merges the task branch, then the
+    // post-deploy window (30 min by default) shows Monitoring.
+    let work = e.dir.path().join("work");
+    e.gitea.clone_to("team/demo", &work);
+    let head = e
+        .gitea
+        .push_commit(&work, "demo-9", "feature.txt", "DEMO-9\n");
     assert_eq!(e.plane.human_set_state(&item, "Confirm Deploy").await, 200);
     e.settle().await;
     let t = e.task("DEMO-9").await.unwrap();
     assert!(t.deploy_confirmed_at.is_some());
     assert_eq!(t.stage, Stage::Done, "{:?}", e.outcomes().await);
-    assert_eq!(e.plane.state_of(&item), "Done");
+    assert!(e.gitea.is_in_main("team/demo", &head));
+    assert_eq!(e.plane.state_of(&item), "Monitoring after Deploy");
 }
 
 #[tokio::test]

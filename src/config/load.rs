@@ -313,6 +313,7 @@ impl<'a> Fields<'a> {
             merge_retry_max_s: self.positive("merge_retry_max_s", d.merge_retry_max_s),
             post_deploy_window_s: self.positive("post_deploy_window_s", d.post_deploy_window_s),
             post_deploy_tick_s: self.positive("post_deploy_tick_s", d.post_deploy_tick_s),
+            deploy_timeout_s: self.positive("deploy_timeout_s", d.deploy_timeout_s),
             reaper_enabled: self.or_default("reaper_enabled", d.reaper_enabled),
             reconciler_enabled: self.or_default("reconciler_enabled", d.reconciler_enabled),
             plane,

@@ -206,6 +206,13 @@ pub struct Project {
     pub staging_command: String,
     #[serde(default)]
     pub deploy_command: String,
+    /// Optional (F-19): prints the coverage percentage as its last number;
+    /// the ratchet fails a drop below the project's baseline. Empty = no gate.
+    #[serde(default)]
+    pub coverage_command: String,
+    /// Optional (F-19): rebuilds the deployable image before deploy. Empty = none.
+    #[serde(default)]
+    pub image_command: String,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentOverride>,
     /// Read-only URLs the deterministic tester GETs after the test command
@@ -282,6 +289,9 @@ pub struct Settings {
     pub merge_retry_max_s: u64,
     pub post_deploy_window_s: u64,
     pub post_deploy_tick_s: u64,
+    /// Timeout of the production deploy and image commands (F-23, F-19); the
+    /// process group is killed when it passes.
+    pub deploy_timeout_s: u64,
     /// Reaper/reconciler loops on or off (F-15, F-16).
     pub reaper_enabled: bool,
     pub reconciler_enabled: bool,
@@ -339,6 +349,7 @@ impl Default for Settings {
             merge_retry_max_s: 5,
             post_deploy_window_s: 1800,
             post_deploy_tick_s: 60,
+            deploy_timeout_s: 1800,
             reaper_enabled: true,
             reconciler_enabled: true,
             plane: PlaneTable::default(),

@@ -42,11 +42,20 @@ pub fn decide(stage: Stage, window_active: bool) -> Verdict {
     }
 }
 
-/// Is the post-deploy window of a done task open: did it become done less
-/// than `window_s` ago? (The post-deploy monitor, F-24, ticks in it.)
+/// Is the post-deploy window of a done task open? The window the deploy
+/// finalizer armed (F-24, `tasks.post_deploy_until`) decides; a task without
+/// one (never armed, or closed by the monitor) falls back to: did it become
+/// done less than `window_s` ago?
 pub async fn window_active(db: &Db, task: &TaskRow, window_s: u64) -> bool {
     if task.stage != Stage::Done {
         return false;
+    }
+    match crate::db::deploys::post_deploy_until(db.reader(), task.id).await {
+        Ok(Some(until)) => return now_ms() < until,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(work_item = %task.work_item, error = %e, "deploy status guard: cannot read the post-deploy window; using the stage history");
+        }
     }
     match history::for_task(db.reader(), task.id).await {
         Ok(rows) => rows

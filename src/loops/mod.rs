@@ -1,6 +1,7 @@
 //! Background loops: each a tick function run by the supervisor at an
 //! interval (`shutdown::Supervisor`), never panicking per tick.
 
+pub mod post_deploy;
 pub mod reaper;
 pub mod reconciler;
 pub mod recovery;
@@ -64,5 +65,17 @@ pub async fn start(
             },
         );
     }
+    // F-24: the post-deploy monitor, always on (the finalizer arms it).
+    let stats = Arc::new(post_deploy::PostDeployStats::default());
+    blocks.push(stats.clone());
+    let p = rt.pipeline.clone();
+    supervisor.spawn_loop(
+        "post_deploy",
+        Duration::from_secs(s.post_deploy_tick_s),
+        move || {
+            let (p, stats) = (p.clone(), stats.clone());
+            async move { post_deploy::tick(&p, &stats).await }
+        },
+    );
     Ok(blocks)
 }

@@ -2,6 +2,7 @@
 //! engine; this module decides what follows a move: the next agent job and
 //! the tracker status.
 
+pub mod deploy;
 pub mod merge;
 pub mod status;
 
@@ -76,6 +77,9 @@ impl Pipeline {
             Outcome::Advanced { to, .. } => (*to, String::new()),
             Outcome::RolledBack { to, reason, .. } => (*to, reason.clone()),
             Outcome::Cancelled { .. } => (Stage::Cancelled, String::new()),
+            // F-19, F-23: the engine held the task; say why (and roll a
+            // coverage drop back).
+            Outcome::EffectFailed { .. } => return self.after_effect_failed(task_id, out).await,
             _ => return Ok(()),
         };
         let Some(task) = tasks::get(self.db.reader(), task_id).await? else {
@@ -93,6 +97,17 @@ impl Pipeline {
         if let Some(role) = job_role(to) {
             let q = jobs::enqueue(&self.db, task_id, to, role, 1, &context).await?;
             tracing::info!(work_item = %task.work_item, stage = %to, role, job = q.id(), "job queued");
+        }
+        if let Outcome::Advanced {
+            from: Stage::Deploy,
+            to: Stage::Done,
+            ..
+        } = out
+        {
+            // F-23/F-24: the post-deploy window is armed before the
+            // terminal sync, which then shows Monitoring, not Done.
+            self.after_deploy_done(&task, out).await;
+            return Ok(());
         }
         self.show_stage(&task, actor_of(out)).await;
         Ok(())

@@ -132,8 +132,9 @@ impl Pipeline {
                 if task.stage != Stage::Deploy {
                     return Ok(refused(&task, "Confirm Deploy", "deploy"));
                 }
-                tasks::set_deploy_confirmed(self.db.writer(), task.id).await?;
-                let out = self.advance(task.id, ACTOR).await?;
+                // F-23: the deploy finalizer merges, deploys and arms the
+                // post-deploy monitor (pipeline/deploy.rs).
+                let out = self.confirm_deploy(task.id, ACTOR).await?;
                 Ok(Handled::Done(format!(
                     "deploy confirmed; {}",
                     describe(&out)

@@ -84,6 +84,9 @@ pub struct PlaneState {
     pub sent: Vec<Sent>,
     /// Echo webhooks spawned and not answered yet.
     pub in_flight: usize,
+    /// (work item id, state name) of every state change, in order: the
+    /// statuses a work item went through (Deploying, Monitoring, Done).
+    pub state_log: Vec<(String, String)>,
     tick: u64,
 }
 
@@ -256,6 +259,16 @@ impl PlaneDouble {
         self.lock().comments.get(item).cloned().unwrap_or_default()
     }
 
+    /// The state names a work item went through, in order.
+    pub fn states_of(&self, item: &str) -> Vec<String> {
+        let s = self.lock();
+        s.state_log
+            .iter()
+            .filter(|(i, _)| i == item)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
     pub fn sent(&self) -> Vec<Sent> {
         self.lock().sent.clone()
     }
@@ -411,6 +424,10 @@ async fn patch_item(
         let old = std::mem::replace(&mut it.state, new.clone());
         it.updated_at = updated_at;
         let it = it.clone();
+        if old != new {
+            let name = s.state_name(&pid, &new).map(|(n, _)| n).unwrap_or_default();
+            s.state_log.push((id.clone(), name));
+        }
         let echo = (old != new && s.webhook.is_some())
             .then(|| issue_body(&s, &it, "state", json!(old), json!(new), BOT_ID));
         if echo.is_some() {

@@ -1,0 +1,541 @@
+//! The irreversible effects of deploy → done (F-23): `merge_pr` and
+//! `prod_deploy`. They run only inside the stage engine's transition, under
+//! the lease, through the journal (B-1): `reconcile` is asked first whenever
+//! a `planned` row is found (a crash came between the effect and its record).
+//!
+//! - `merge_pr`: ensure the PR, merge it with the branch head as
+//!   `head_commit_id`, verify the head is in main. `reconcile` = is the head
+//!   recorded before the merge already in main? Without a forge the merge is
+//!   a local `git merge --no-ff` pushed normally (B-10).
+//! - `prod_deploy`: the project's `deploy_command` in the deploy clone at the
+//!   merged default branch, in its own process group with a timeout.
+//!   A deploy is not idempotent and cannot be asked whether it happened: its
+//!   `reconcile` trusts only a marker written after success (see
+//!   `docs/adr/0005-deploy-path.md` for the trade-off).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::checkout::{CheckoutError, Checkouts, LocalMerge};
+use crate::clients::{Forge, ForgeRepo, MergeOutcome, PrState};
+use crate::config::{Project, Settings};
+use crate::db::Db;
+use crate::domain::EffectKind;
+use crate::domain::gates::DEPLOY_REPORT;
+use crate::proc_group::{self, Ended};
+use crate::stage_engine::inputs::artifact_dir;
+use crate::stage_engine::{Effect, EffectCtx, EffectError, EffectRegistry, EffectResult};
+
+/// What the deploy-path effects share. Cheap to clone.
+#[derive(Clone)]
+pub struct DeployDeps {
+    pub settings: Arc<Settings>,
+    pub db: Db,
+    pub forge: Arc<dyn Forge>,
+    pub checkouts: Arc<Checkouts>,
+}
+
+impl DeployDeps {
+    pub fn new(settings: Arc<Settings>, db: Db, forge: Arc<dyn Forge>) -> Self {
+        let checkouts = Arc::new(Checkouts::new(deploys_dir(&settings)));
+        Self {
+            settings,
+            db,
+            forge,
+            checkouts,
+        }
+    }
+
+    /// The task's project, or a failure that names what to fix.
+    pub(crate) fn project(&self, ctx: &EffectCtx) -> Result<&Project, EffectError> {
+        self.settings.project(&ctx.task.project).ok_or_else(|| {
+            EffectError::Failed(format!(
+                "project {:?} of {} is not configured in [[projects]]",
+                ctx.task.project, ctx.task.work_item
+            ))
+        })
+    }
+
+    /// Merges go through the forge only when Gitea is configured for the
+    /// project; otherwise locally in the deploy clone (B-10).
+    fn uses_forge(&self, project: &Project) -> bool {
+        !self.settings.gitea_base_url.trim().is_empty() && !project.gitea_repo.trim().is_empty()
+    }
+
+    fn forge_repo(&self, project: &Project) -> ForgeRepo {
+        ForgeRepo {
+            full_name: project.gitea_repo.clone(),
+            default_branch: project.default_branch.clone(),
+            local_clone: self.checkouts.dir(&project.name),
+        }
+    }
+
+    /// `<workspace_root>/deploys/<transition key><suffix>`, the key made
+    /// safe for a file name.
+    pub(crate) fn marker(&self, key: &str, suffix: &str) -> PathBuf {
+        let safe: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        deploys_dir(&self.settings).join(format!("{safe}{suffix}"))
+    }
+
+    /// Run a project command (deploy, coverage, image) in the deploy clone,
+    /// in its own process group, with the agent contract's variables and
+    /// without the daemon's secrets; output captured (its tail is kept).
+    pub(crate) async fn run_command(
+        &self,
+        ctx: &EffectCtx,
+        project: &Project,
+        cwd: &Path,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<proc_group::Outcome, proc_group::ProcError> {
+        let t = &ctx.task;
+        let mut env = vec![
+            ("ORCH_ROLE".to_string(), "deployer".to_string()),
+            ("ORCH_STAGE".to_string(), ctx.from.to_string()),
+            ("ORCH_TASK_ID".to_string(), t.id.to_string()),
+            ("ORCH_WORK_ITEM".to_string(), t.work_item.clone()),
+            ("ORCH_PROJECT".to_string(), project.name.clone()),
+            ("ORCH_EFFECT".to_string(), ctx.kind.as_str().to_string()),
+            (
+                "ORCH_TRANSITION_KEY".to_string(),
+                ctx.transition_key.clone(),
+            ),
+        ];
+        if let Some(wt) = t.worktree.as_deref() {
+            let dir = artifact_dir(Path::new(wt), &t.work_item);
+            env.push((
+                "ORCH_ARTIFACT_DIR".to_string(),
+                dir.to_string_lossy().into_owned(),
+            ));
+        }
+        let spec = proc_group::Spec {
+            command: command.to_string(),
+            cwd: cwd.to_path_buf(),
+            env,
+            env_remove: crate::config::SECRET_ENV_KEYS
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+            log: None,
+        };
+        let grace = Duration::from_secs(self.settings.agent_kill_grace_s);
+        proc_group::run(&spec, timeout, grace).await
+    }
+}
+
+/// `<workspace_root>/deploys`: the deploy clones and the markers.
+pub fn deploys_dir(settings: &Settings) -> PathBuf {
+    settings.workspace_root.join("deploys")
+}
+
+/// Register the deploy-path effects over whatever `reg` holds.
+pub fn register(reg: EffectRegistry, deps: &DeployDeps) -> EffectRegistry {
+    reg.with(EffectKind::MergePr, Arc::new(MergePr(deps.clone())))
+        .with(EffectKind::ProdDeploy, Arc::new(ProdDeploy(deps.clone())))
+        .with(
+            EffectKind::CoverageRatchet,
+            Arc::new(super::ratchet::CoverageRatchet(deps.clone())),
+        )
+        .with(
+            EffectKind::ImageRebuild,
+            Arc::new(super::ratchet::ImageRebuild(deps.clone())),
+        )
+}
+
+/// The task branch: recorded on the task, else derived from the work item.
+pub(crate) fn task_branch(ctx: &EffectCtx) -> String {
+    ctx.task
+        .branch
+        .clone()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| crate::git::branch_name(&ctx.task.work_item))
+}
+
+/// Write `text` to `path` durably (temp file, fsync, rename, fsync dir): a
+/// marker that a crash can tear is worse than none.
+pub(crate) async fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    let text = text.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        // Next to the target (same file system, so the rename is atomic).
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".tmp");
+        let tmp = path.with_file_name(name);
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn unknown(what: &str, e: impl std::fmt::Display) -> EffectError {
+    EffectError::Unknown(format!("{what}: {e}"))
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> EffectError {
+    EffectError::Failed(format!("{what}: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// merge_pr
+// ---------------------------------------------------------------------------
+
+/// The result recorded when nothing had to be merged.
+pub const ALREADY_IN_MAIN: &str = "already in main";
+
+pub struct MergePr(pub DeployDeps);
+
+impl MergePr {
+    /// The branch head, written before anything is merged: `reconcile` asks
+    /// about THIS commit, not about whatever the branch points at after a
+    /// restart (a push meanwhile must not turn into a second merge).
+    fn head_file(&self, ctx: &EffectCtx) -> PathBuf {
+        self.0.marker(&ctx.transition_key, ".merge-head")
+    }
+
+    /// Where `head` landed: the merge commit that brought it into the
+    /// default branch, or the head itself (a fast-forward).
+    async fn landed_as(&self, dir: &Path, project: &Project, head: &str) -> String {
+        let main = format!("origin/{}", project.default_branch);
+        let c = &self.0.checkouts;
+        if let Err(e) = c.fetch_branch(dir, &project.default_branch).await {
+            tracing::warn!(error = %e, "cannot fetch the default branch to name the merge commit");
+        }
+        match c.merge_commit_of(dir, head, &main).await {
+            Ok(Some(sha)) => sha,
+            _ => head.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Effect for MergePr {
+    async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
+        let project = self.0.project(ctx)?;
+        let head = match tokio::fs::read_to_string(self.head_file(ctx)).await {
+            Ok(h) => h.trim().to_string(),
+            // Written before the first outside call: absent = nothing was
+            // merged by this transition yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unknown("cannot read the recorded branch head", e)),
+        };
+        let _held = self.0.checkouts.lock(&project.name).await;
+        let dir = self
+            .0
+            .checkouts
+            .ensure(project)
+            .await
+            .map_err(|e| unknown("deploy clone", e))?;
+        let in_main = if self.0.uses_forge(project) {
+            self.0
+                .forge
+                .sha_in_main(&self.0.forge_repo(project), &head)
+                .await
+                .map_err(|e| unknown("asking the forge whether the head is in main", e))?
+        } else {
+            self.0
+                .checkouts
+                .fetch_branch(&dir, &project.default_branch)
+                .await
+                .map_err(|e| unknown("fetching the default branch", e))?;
+            let main = format!("origin/{}", project.default_branch);
+            self.0
+                .checkouts
+                .is_ancestor(&dir, &head, &main)
+                .await
+                .map_err(|e| unknown("git merge-base --is-ancestor", e))?
+        };
+        if !in_main {
+            return Ok(None);
+        }
+        let sha = self.landed_as(&dir, project, &head).await;
+        tracing::info!(work_item = %ctx.task.work_item, %head, %sha, "merge found in main: recorded, not merged again");
+        Ok(Some(sha))
+    }
+
+    async fn apply(&self, ctx: &EffectCtx) -> Result<EffectResult, EffectError> {
+        let project = self.0.project(ctx)?;
+        let branch = task_branch(ctx);
+        if branch == project.default_branch {
+            return Err(EffectError::Failed(format!(
+                "the task branch is the default branch {branch}: nothing to merge"
+            )));
+        }
+        let c = &self.0.checkouts;
+        let _held = c.lock(&project.name).await;
+        // Everything up to the first outside write is known not to have
+        // merged anything: a failure there is `Failed`.
+        let dir = c
+            .ensure(project)
+            .await
+            .map_err(|e| failed("deploy clone", e))?;
+        c.fetch_branch(&dir, &project.default_branch)
+            .await
+            .map_err(|e| failed("fetching the default branch", e))?;
+        if !c
+            .fetch_branch(&dir, &branch)
+            .await
+            .map_err(|e| failed("fetching the task branch", e))?
+        {
+            return Err(EffectError::Failed(format!(
+                "branch {branch} is not on the remote: nothing to merge"
+            )));
+        }
+        let head = c
+            .rev(&dir, &format!("origin/{branch}"))
+            .await
+            .map_err(|e| failed("reading the branch head", e))?
+            .ok_or_else(|| EffectError::Failed(format!("origin/{branch} names no commit")))?;
+        write_durably(&self.head_file(ctx), &head)
+            .await
+            .map_err(|e| failed("recording the branch head", e))?;
+        let wi = &ctx.task.work_item;
+        if self.0.uses_forge(project) {
+            self.merge_with_forge(ctx, project, &dir, &branch, &head)
+                .await
+        } else {
+            let main = format!("origin/{}", project.default_branch);
+            if c.is_ancestor(&dir, &head, &main)
+                .await
+                .map_err(|e| failed("git merge-base --is-ancestor", e))?
+            {
+                return Ok(ALREADY_IN_MAIN.to_string());
+            }
+            let message = format!("Merge branch '{branch}' ({wi}: {})", ctx.task.title);
+            let merged = c
+                .merge_locally(&dir, &project.default_branch, &branch, &message)
+                .await;
+            match merged {
+                Ok(LocalMerge::Merged { sha }) => {
+                    tracing::info!(work_item = %wi, %sha, "merged locally and pushed the default branch");
+                    Ok(sha)
+                }
+                Ok(LocalMerge::Conflict(why)) => Err(EffectError::Failed(format!(
+                    "{branch} does not merge cleanly into {}: {why}",
+                    project.default_branch
+                ))),
+                Ok(LocalMerge::Rejected(why)) => Err(EffectError::Failed(format!(
+                    "the remote refused the push of {}: {why}",
+                    project.default_branch
+                ))),
+                Ok(LocalMerge::PushUncertain(why)) => Err(EffectError::Unknown(format!(
+                    "the push of {} may or may not have landed: {why}",
+                    project.default_branch
+                ))),
+                // The merge ran in our clone only; a failed git step before
+                // or at the push start changed nothing outside, except a
+                // push that timed out mid-way: ask again next time.
+                Err(e @ CheckoutError::Timeout { .. }) => Err(unknown("local merge", e)),
+                Err(e) => Err(failed("local merge", e)),
+            }
+        }
+    }
+}
+
+impl MergePr {
+    async fn merge_with_forge(
+        &self,
+        ctx: &EffectCtx,
+        project: &Project,
+        dir: &Path,
+        branch: &str,
+        head: &str,
+    ) -> Result<EffectResult, EffectError> {
+        let forge = &self.0.forge;
+        let repo = self.0.forge_repo(project);
+        let wi = &ctx.task.work_item;
+        let title = format!("{wi}: {}", ctx.task.title);
+        let number = match forge.ensure_open_pr(&repo, branch, &title, "").await {
+            Ok(PrState::AlreadyInMain) => return Ok(ALREADY_IN_MAIN.to_string()),
+            Ok(PrState::Open { number }) => number,
+            Err(e) => return Err(failed("cannot open the pull request", e)),
+        };
+        let outcome = forge.merge_pr(&repo, number, head).await;
+        // F-23: whatever the merge call said, the authoritative answer is
+        // whether the head is in main now.
+        let in_main = forge.sha_in_main(&repo, head).await;
+        match (outcome, in_main) {
+            (Ok(MergeOutcome::Merged { sha }), Ok(true)) => {
+                tracing::info!(work_item = %wi, pr = number, %sha, "PR merged; head verified in main");
+                Ok(sha)
+            }
+            (_, Ok(true)) => Ok(self.landed_as(dir, project, head).await),
+            (Ok(MergeOutcome::NotMerged { reason }), Ok(false)) => Err(EffectError::Failed(
+                format!("PR #{number} not merged: {reason}"),
+            )),
+            (Err(e), Ok(false)) => Err(failed(&format!("PR #{number} not merged"), e)),
+            (Ok(MergeOutcome::Merged { sha }), Ok(false)) => Err(EffectError::Unknown(format!(
+                "PR #{number} reported merged ({sha}) but {head} is not in {} yet",
+                project.default_branch
+            ))),
+            (_, Err(e)) => Err(unknown(
+                &format!("PR #{number}: cannot verify that {head} is in main"),
+                e,
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// prod_deploy
+// ---------------------------------------------------------------------------
+
+/// The result when the project has no `deploy_command`.
+pub const NO_DEPLOY_COMMAND: &str = "no deploy command: nothing to run";
+
+pub struct ProdDeploy(pub DeployDeps);
+
+#[async_trait]
+impl Effect for ProdDeploy {
+    /// A deploy cannot be asked whether it ran. Only the marker written after
+    /// a successful run proves it; a crash while the command ran (or between
+    /// its exit and the marker) re-runs the deploy. Deploy commands must
+    /// therefore tolerate a re-run of the same commit: the lesser evil than
+    /// a merged change that silently never reaches production.
+    async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
+        match tokio::fs::read_to_string(self.0.marker(&ctx.transition_key, ".done")).await {
+            Ok(text) => Ok(Some(
+                text.lines()
+                    .next()
+                    .unwrap_or("deploy_status: SUCCESS")
+                    .to_string(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unknown("cannot read the deploy marker", e)),
+        }
+    }
+
+    async fn apply(&self, ctx: &EffectCtx) -> Result<EffectResult, EffectError> {
+        let project = self.0.project(ctx)?;
+        let wi = &ctx.task.work_item;
+        let command = project.deploy_command.trim();
+        if command.is_empty() {
+            // The deployer-agent path for production is a later step.
+            tracing::warn!(work_item = %wi, project = %project.name, "no deploy_command: the production deploy ran nothing");
+            return Ok(NO_DEPLOY_COMMAND.to_string());
+        }
+        let c = &self.0.checkouts;
+        let _held = c.lock(&project.name).await;
+        let dir = c
+            .ensure(project)
+            .await
+            .map_err(|e| failed("deploy clone", e))?;
+        c.fetch_branch(&dir, &project.default_branch)
+            .await
+            .map_err(|e| failed("fetching the merged default branch", e))?;
+        let main = format!("origin/{}", project.default_branch);
+        c.checkout(&dir, &main)
+            .await
+            .map_err(|e| failed("checking out the merged default branch", e))?;
+        let commit = c.rev(&dir, "HEAD").await.ok().flatten().unwrap_or_default();
+        let timeout = Duration::from_secs(self.0.settings.deploy_timeout_s);
+        tracing::info!(work_item = %wi, %commit, command, "production deploy started");
+        let run = self
+            .0
+            .run_command(ctx, project, &dir, command, timeout)
+            .await
+            .map_err(|e| {
+                failed(
+                    "deploy_status: FAILURE (the deploy command could not start)",
+                    e,
+                )
+            })?;
+        let (status, detail) = match run.ended {
+            Ended::Exited(0) => ("SUCCESS", "exit 0".to_string()),
+            Ended::Exited(n) => ("FAILURE", format!("exit {n}")),
+            Ended::Signaled(s) => ("FAILURE", format!("killed by signal {s}")),
+            Ended::TimedOut => (
+                "FAILURE",
+                format!(
+                    "timed out after {}s; process group killed",
+                    timeout.as_secs()
+                ),
+            ),
+        };
+        tracing::info!(work_item = %wi, status, %detail, secs = run.duration.as_secs_f64(), "production deploy ended");
+        let report = DeployReport {
+            work_item: wi,
+            command,
+            commit: &commit,
+            status,
+            detail: &detail,
+            secs: run.duration.as_secs_f64(),
+            output: &run.output,
+        };
+        write_report(ctx, &report).await;
+        if status != "SUCCESS" {
+            return Err(EffectError::Failed(format!(
+                "deploy_status: FAILURE ({detail})"
+            )));
+        }
+        let result = "deploy_status: SUCCESS".to_string();
+        // After success only: without it, a restart re-runs the deploy.
+        if let Err(e) = write_durably(
+            &self.0.marker(&ctx.transition_key, ".done"),
+            &format!("{result}\ncommit: {commit}\n"),
+        )
+        .await
+        {
+            tracing::warn!(work_item = %wi, error = %e, "deploy marker not written: a crash before the stage write would re-run the deploy");
+        }
+        Ok(result)
+    }
+}
+
+struct DeployReport<'a> {
+    work_item: &'a str,
+    command: &'a str,
+    commit: &'a str,
+    status: &'a str,
+    detail: &'a str,
+    secs: f64,
+    output: &'a str,
+}
+
+/// Lines of the command's output kept in the report.
+const REPORT_TAIL_LINES: usize = 60;
+
+/// `15-deploy-report.md` in the task's artifact dir, ending with the
+/// `deploy_status:` verdict line (agent contract). Only when the worktree
+/// exists: the report documents the deploy, it does not decide it.
+async fn write_report(ctx: &EffectCtx, r: &DeployReport<'_>) {
+    let Some(wt) = ctx
+        .task
+        .worktree
+        .as_deref()
+        .filter(|w| Path::new(w).exists())
+    else {
+        return;
+    };
+    let lines: Vec<&str> = r.output.lines().collect();
+    let tail = lines[lines.len().saturating_sub(REPORT_TAIL_LINES)..].join("\n");
+    // A fence in the output must not close ours early.
+    let tail = tail.replace("```", "'''");
+    let text = format!(
+        "# Production deploy of {}\n\n- command: `{}`\n- commit: `{}`\n- ended: {} after {:.1}s\n\n\
+         ## Output (last {REPORT_TAIL_LINES} lines)\n\n```text\n{tail}\n```\n\ndeploy_status: {}\n",
+        r.work_item, r.command, r.commit, r.detail, r.secs, r.status
+    );
+    let path = artifact_dir(Path::new(wt), &ctx.task.work_item).join(DEPLOY_REPORT);
+    if let Err(e) = write_durably(&path, &text).await {
+        tracing::warn!(work_item = %r.work_item, path = %path.display(), error = %e, "deploy report not written");
+    }
+}

@@ -1,0 +1,194 @@
+//! The deploy finalizer (F-23) and the pipeline's answer to a failed
+//! irreversible effect (F-19).
+//!
+//! Confirm Deploy: "Deploying" is shown, then the stage engine runs the
+//! deploy → done transition, whose journaled effects merge the PR
+//! (`merge_pr`) and run the production deploy (`prod_deploy`); the stage
+//! moves only when both happened. After done, the post-deploy window is
+//! armed BEFORE the terminal tracker sync (seed 004, ORCH-094 D3), so the
+//! deploy status guard sees it open and "Monitoring after Deploy" is
+//! legitimate; the post-deploy monitor (F-24, `loops::post_deploy`) later
+//! converges the tracker to Done.
+//!
+//! A failed effect holds the task (the engine marks it and alerts). Here the
+//! person hears why, and a coverage drop rolls the task back to development
+//! with the reason in the developer's next prompt.
+
+use super::Pipeline;
+use crate::db::deploys;
+use crate::db::tasks::{self, TaskRow};
+use crate::db::{effects, now_ms};
+use crate::domain::{EffectKind, Stage};
+use crate::effects::ratchet;
+use crate::stage_engine::{EngineError, Outcome, transition_key};
+
+/// The actor name of the finalizer's engine calls and status writes.
+pub const FINALIZER: &str = "deploy-finalizer";
+/// The actor of the coverage gate's rollback.
+pub const COVERAGE_GATE: &str = "coverage-gate";
+
+impl Pipeline {
+    /// Confirm Deploy (F-23, phase B): record the confirmation, show
+    /// Deploying, then let the engine merge, deploy and move to done.
+    /// Idempotent: a repeat after done finds the task terminal; a repeat
+    /// after a HOLD retries the failed effect (a done one is not re-run).
+    pub async fn confirm_deploy(&self, task_id: i64, actor: &str) -> Result<Outcome, EngineError> {
+        let Some(task) = tasks::get(self.db.reader(), task_id).await? else {
+            return Ok(Outcome::NotFound);
+        };
+        if task.stage != Stage::Deploy {
+            return Ok(if task.stage.is_terminal() {
+                Outcome::Terminal { stage: task.stage }
+            } else {
+                Outcome::Pending {
+                    stage: task.stage,
+                    reason: "Confirm Deploy only counts at deploy".into(),
+                }
+            });
+        }
+        tasks::set_deploy_confirmed(self.db.writer(), task_id).await?;
+        // Before the merge: the guard allows it while the task is not terminal.
+        if let Err(e) = self.set_status(&task, "deploying", FINALIZER).await {
+            tracing::warn!(work_item = %task.work_item, error = %e, "Deploying not shown");
+        }
+        let out = self.engine.advance_stage(task_id, actor).await?;
+        self.after_move(task_id, &out).await?;
+        tracing::info!(work_item = %task.work_item, outcome = ?out, "deploy finalizer");
+        Ok(out)
+    }
+
+    /// After deploy → done, in this order: arm the post-deploy window, then
+    /// the terminal sync (Monitoring after Deploy, allowed by the guard
+    /// because the window is open), then the comment with the merge commit.
+    /// Never fails the caller: the stage already moved, and the monitor
+    /// adopts a window that was not armed (a crash right here).
+    pub(crate) async fn after_deploy_done(&self, task: &TaskRow, out: &Outcome) {
+        let window_ms = (self.settings.post_deploy_window_s as i64).saturating_mul(1000);
+        match deploys::arm_post_deploy(self.db.writer(), task.id, now_ms() + window_ms).await {
+            Ok(armed) => {
+                tracing::info!(work_item = %task.work_item, armed, window_s = self.settings.post_deploy_window_s, "post-deploy monitor armed")
+            }
+            Err(e) => {
+                tracing::warn!(work_item = %task.work_item, error = %e, "post-deploy window not armed; the monitor adopts it")
+            }
+        }
+        if let Err(e) = self.set_status(task, "monitoring", FINALIZER).await {
+            tracing::warn!(work_item = %task.work_item, error = %e, "Monitoring after Deploy not shown");
+        }
+        let Outcome::Advanced { version, .. } = out else {
+            return;
+        };
+        let key = transition_key(task.id, Stage::Deploy, Stage::Done, version - 1);
+        let result = |kind: EffectKind| {
+            let key = key.clone();
+            async move {
+                effects::get(self.db.reader(), &key, kind.as_str())
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.result)
+                    .unwrap_or_default()
+            }
+        };
+        let merged = result(EffectKind::MergePr).await;
+        let deployed = result(EffectKind::ProdDeploy).await;
+        let html = format!(
+            "<p>✅ Merged into the default branch: <code>{}</code>. Production deploy: {}.</p>\
+             <p>Monitoring after deploy for {} s, then Done.</p>",
+            html_escape(&merged),
+            html_escape(&deployed),
+            self.settings.post_deploy_window_s
+        );
+        self.comment(task, &format!("deploy-done:{key}"), &html)
+            .await;
+    }
+
+    /// A journaled effect failed and the engine held the task. Tell the
+    /// person why; a coverage verdict rolls back to development (F-19).
+    pub(crate) async fn after_effect_failed(
+        &self,
+        task_id: i64,
+        out: &Outcome,
+    ) -> Result<(), EngineError> {
+        let Outcome::EffectFailed { stage, kind, error } = out else {
+            return Ok(());
+        };
+        let Some(task) = tasks::get(self.db.reader(), task_id).await? else {
+            return Ok(());
+        };
+        let attempt = effects::get(
+            self.db.reader(),
+            &transition_key(
+                task.id,
+                *stage,
+                stage.next().unwrap_or(*stage),
+                task.stage_version,
+            ),
+            kind.as_str(),
+        )
+        .await?
+        .map_or(1, |r| r.attempts);
+        let ckey = format!(
+            "effect-failed:{}:v{}:{}:{attempt}",
+            task.id,
+            task.stage_version,
+            kind.as_str()
+        );
+        if *kind == EffectKind::CoverageRatchet
+            && *stage == Stage::DeployStaging
+            && ratchet::rolls_back(error)
+        {
+            let reason = format!(
+                "The coverage gate (F-19) failed: {}. Restore the coverage (add tests for the new code) before staging again.",
+                error.trim_start_matches("effect failed: ")
+            );
+            self.comment(&task, &ckey, &format!("<p>❌ {}</p>", html_escape(&reason)))
+                .await;
+            let rolled = self
+                .engine
+                .rollback(task_id, Stage::DeployStaging, COVERAGE_GATE, &reason)
+                .await?;
+            tracing::info!(work_item = %task.work_item, outcome = ?rolled, "coverage drop: rolled back");
+            // Boxed: after_move called us.
+            return Box::pin(self.after_move(task_id, &rolled)).await;
+        }
+        let retry = if *stage == Stage::Deploy {
+            "The task is held at deploy. Fix the cause, then set Confirm Deploy again to retry \
+             (a merge that already happened is not repeated)."
+        } else {
+            "The task is held; an operator must look at it."
+        };
+        self.comment(
+            &task,
+            &ckey,
+            &format!(
+                "<p>⛔ {} failed: {}</p><p>{retry}</p>",
+                kind.as_str(),
+                html_escape(error)
+            ),
+        )
+        .await;
+        if *stage == Stage::Deploy
+            && let Err(e) = self.set_status(&task, "awaiting_deploy", FINALIZER).await
+        {
+            tracing::warn!(work_item = %task.work_item, error = %e, "Awaiting Deploy not shown after the hold");
+        }
+        Ok(())
+    }
+
+    /// Add a tracker comment once (`key`); failures are logged, never fatal.
+    async fn comment(&self, task: &TaskRow, key: &str, html: &str) {
+        let Some(item) = self.tracker_ref(task) else {
+            return;
+        };
+        if let Err(e) = self.tracker.add_comment(&item, key, html).await {
+            tracing::warn!(work_item = %task.work_item, key, error = %e, "tracker comment not added");
+        }
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
