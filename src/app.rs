@@ -55,6 +55,18 @@ pub fn instance_lock(db_path: &Path) -> anyhow::Result<InstanceLock> {
 /// The pipeline over the real clients (F-03, F-07): Plane and Gitea when
 /// their base URLs are set, else a tracker and a forge that do nothing.
 pub fn build_pipeline(settings: Arc<Settings>, db: Db, engine: Engine) -> Pipeline {
+    let workspace = crate::git::Workspace::new(&settings.workspace_root);
+    build_pipeline_with(settings, db, engine, workspace)
+}
+
+/// [`build_pipeline`] over the runtime's workspace: one instance, so its
+/// per-clone locks serialize the worker's and STOP's worktree operations.
+pub fn build_pipeline_with(
+    settings: Arc<Settings>,
+    db: Db,
+    engine: Engine,
+    workspace: crate::git::Workspace,
+) -> Pipeline {
     Pipeline {
         tracker: clients::plane::tracker_from_settings(&settings),
         forge: clients::gitea::forge_from_settings(&settings),
@@ -62,6 +74,8 @@ pub fn build_pipeline(settings: Arc<Settings>, db: Db, engine: Engine) -> Pipeli
         engine,
         db,
         settings,
+        workspace,
+        stops: Default::default(),
     }
 }
 
@@ -153,9 +167,15 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     );
     // What follows a move the recovery finished (the next job, the tracker
     // status, the post-deploy window of a deploy finished after a crash).
-    let recovered = build_pipeline(settings.clone(), db.clone(), engine.clone());
+    // One pipeline for every actor: the `stop` block counts them all (F-25).
+    let pipeline = build_pipeline_with(
+        settings.clone(),
+        db.clone(),
+        engine.clone(),
+        workspace.clone(),
+    );
     for (task_id, out) in &recovery.resumed_tasks {
-        if let Err(e) = recovered.after_move(*task_id, out).await {
+        if let Err(e) = pipeline.after_move(*task_id, out).await {
             tracing::warn!(task_id, error = %e, "after a recovered move");
         }
     }
@@ -163,7 +183,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     let mut supervisor = Supervisor::new();
     // Intake (F-01, F-06): the worker acts on stored deliveries after the
     // answer; its first tick also picks up what a crash left unprocessed.
-    let intake = Intake::new(build_pipeline(settings.clone(), db.clone(), engine.clone()));
+    let intake = Intake::new(pipeline.clone());
     let worker = intake.clone();
     supervisor.spawn_loop("intake", Duration::from_millis(10), move || {
         let worker = worker.clone();
@@ -176,7 +196,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         db: db.clone(),
         settings: settings.clone(),
         workspace,
-        pipeline: build_pipeline(settings.clone(), db.clone(), engine.clone()),
+        pipeline,
         notifier: Arc::new(LogNotifier),
         clock: crate::clock::Clock::new(),
         boot_id: engine.boot().boot_id.clone(),

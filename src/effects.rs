@@ -5,6 +5,7 @@
 //! Every kind starts as `NoopEffect` (`stage_engine::noop_effects`) and is
 //! replaced here as its capability lands, so a kind is never missing.
 
+pub mod branch;
 pub mod checkout;
 pub mod deploy;
 pub mod ratchet;
@@ -19,6 +20,8 @@ use crate::stage_engine::{self, EffectRegistry};
 /// The registry the daemon's engine runs with.
 pub fn daemon_effects(settings: Arc<Settings>, db: Db, forge: Arc<dyn Forge>) -> EffectRegistry {
     let reg = stage_engine::noop_effects();
+    // F-25: delete_branch.
+    let reg = branch::register(reg, settings.clone(), forge.clone());
     // F-19, F-23: merge_pr, prod_deploy, coverage_ratchet, image_rebuild.
     deploy::register(reg, &deploy::DeployDeps::new(settings, db, forge))
 }

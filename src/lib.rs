@@ -8,14 +8,14 @@
 //! - `git`: worktrees through the git CLI (F-08).
 //! - `proc_group`: THE spawner of agent and gate commands: own process group, tree-kill SIGTERM → grace → SIGKILL (F-12, F-18, B-8).
 //! - `clock`: the loops' clock (tokio time, so tests can pause it).
-//! - `effects`: what each irreversible effect kind does outside (merge, deploy, coverage ratchet, image; F-19, F-23).
+//! - `effects`: what each irreversible effect kind does outside (merge, deploy, coverage ratchet, image; F-19, F-23; the branch delete of a cancel, F-25).
 //! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
 //! - `clients`: the `Tracker` and `Forge` ports (Plane, Gitea) and their adapters.
 //! - `intake`: signed Plane and Gitea webhooks in, stored, deduplicated, replayable (F-01, F-06, B-6).
 //! - `events`: what a webhook means, independent of its wire format.
 //! - `gates`: guards before outside writes (F-05 deploy status guard).
 //! - `notify`: the `Notifier` port for alerts.
-//! - `pipeline`: what events mean; after a stage move, the next job and the tracker status.
+//! - `pipeline`: what events mean; after a stage move, the next job and the tracker status; STOP and its cascade (F-25).
 //! - `loops`: worker, reaper, reconciler, start-up job recovery (F-11, F-15, F-16).
 //! - `http`: the router, `/health`, `/queue`, `/metrics`, the admin lease release.
 //! - `shutdown`: one shutdown signal and the loop supervisor.

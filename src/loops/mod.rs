@@ -29,6 +29,8 @@ pub async fn start(
     );
     let s = &rt.settings;
     let mut blocks: Vec<Arc<dyn StatusBlock>> = vec![rt.merge_gate.clone()];
+    // F-25: STOP's counters live on the pipeline, shared by every actor.
+    blocks.push(rt.pipeline.stops.clone());
 
     let w = rt.clone();
     supervisor.spawn_loop(

@@ -3,7 +3,10 @@
 //! can die between a stage write and the job it implies.
 //! - a finished job whose stage did not advance → advance (the engine
 //!   defers to a live lease);
-//! - an active stage with no job since the task entered it → queue the job.
+//! - an active stage with no job since the task entered it → queue the job;
+//! - STOP (F-25): a deferred cancel whose step ended without applying it →
+//!   apply it; a cancelled task with jobs, agents, a worktree or a merge
+//!   lease left → run the cancel cascade again (`Pipeline::sweep_cancels`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -48,6 +51,8 @@ const ENTERED: &str =
     "COALESCE((SELECT MAX(h.at) FROM stage_history h WHERE h.task_id = t.id), t.created_at)";
 
 pub async fn tick(rt: &Runtime, stats: &Arc<ReconcilerStats>) -> anyhow::Result<()> {
+    // STOP first: a task it cancels needs no job queued below.
+    rt.pipeline.sweep_cancels().await?;
     // Finished job, stage not advanced.
     let sql = format!(
         "SELECT t.* FROM tasks t

@@ -2,6 +2,7 @@
 //! engine; this module decides what follows a move: the next agent job and
 //! the tracker status.
 
+pub mod cancel;
 pub mod deploy;
 pub mod merge;
 pub mod status;
@@ -26,6 +27,11 @@ pub struct Pipeline {
     pub tracker: Arc<dyn Tracker>,
     pub forge: Arc<dyn Forge>,
     pub notifier: Arc<dyn Notifier>,
+    /// Task worktrees; STOP removes them (F-25). Share the runtime's
+    /// instance: its per-clone locks serialize git's worktree operations.
+    pub workspace: crate::git::Workspace,
+    /// The `stop` block of `/queue` (F-25).
+    pub stops: Arc<cancel::StopStats>,
 }
 
 /// The agent role whose job starts when a task enters `stage`. `deploy`
@@ -73,6 +79,12 @@ impl Pipeline {
     /// After a move: queue the new stage's job (with the rollback reason as
     /// context for the next prompt) and show the stage's status.
     pub async fn after_move(&self, task_id: i64, out: &Outcome) -> Result<(), EngineError> {
+        // F-25: a task this call left cancelled (a deferred STOP is applied on
+        // the lease holder's step, whatever its outcome says) gets the STOP
+        // cascade, which also shows the Cancelled status.
+        if self.cascade_if_cancelled(task_id, out).await?.is_some() {
+            return Ok(());
+        }
         let (to, context) = match out {
             Outcome::Advanced { to, .. } => (*to, String::new()),
             Outcome::RolledBack { to, reason, .. } => (*to, reason.clone()),

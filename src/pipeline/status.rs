@@ -127,7 +127,10 @@ impl Pipeline {
                 };
                 self.relaunch_analyst(&task, &context).await
             }
-            "stop" => self.stop(&task).await,
+            "stop" => {
+                let stopped = self.stop(task.id, ACTOR, "STOP in Plane").await?;
+                Ok(Handled::Done(format!("stop; {stopped}")))
+            }
             "confirm_deploy" => {
                 if task.stage != Stage::Deploy {
                     return Ok(refused(&task, "Confirm Deploy", "deploy"));
@@ -205,22 +208,6 @@ impl Pipeline {
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// STOP (F-25, its full behaviour is the STOP issue's): cancel through
-    /// the engine and cancel the task's jobs (terminal, never requeued).
-    async fn stop(&self, task: &TaskRow) -> Result<Handled, EngineError> {
-        let (out, first) = self.engine.cancel(task.id, ACTOR, "STOP in Plane").await?;
-        let running = jobs::cancel_all_for_task(&self.db, task.id, "STOP in Plane").await?;
-        if matches!(out, Outcome::Cancelled { .. }) {
-            self.after_move(task.id, &out).await?;
-        }
-        tracing::info!(work_item = %task.work_item, outcome = %describe(&out), first, running_jobs = running.len(), "STOP");
-        Ok(Handled::Done(format!(
-            "stop; {}; {} running job(s) cancelled",
-            describe(&out),
-            running.len()
-        )))
     }
 
     /// Queue the analyst again with `context` for its prompt. Refused while

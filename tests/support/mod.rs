@@ -40,3 +40,4 @@ pub mod plane_double;
 pub mod plane_webhooks;
 pub mod runtime;
 pub mod sim;
+pub mod stop_env;

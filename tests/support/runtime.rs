@@ -18,7 +18,7 @@ use orchestrator::notify::RecordingNotifier;
 use orchestrator::pipeline::Pipeline;
 use orchestrator::shutdown::{self, ShutdownTrigger};
 use orchestrator::stage_engine::inputs::WorkspaceInputs;
-use orchestrator::stage_engine::{Boot, Engine};
+use orchestrator::stage_engine::{Boot, Engine, EngineBuilder};
 
 use super::doubles::{RecordingForge, RecordingTracker};
 
@@ -78,6 +78,17 @@ impl Harness {
 
     /// `project_toml`: extra keys for every `[[projects]]` entry.
     pub async fn new_with(projects: &[&str], project_toml: &str, env: &[(&str, &str)]) -> Harness {
+        Self::with_engine(projects, project_toml, env, |b, _, _| b).await
+    }
+
+    /// `engine`: adjusts the engine before it is built (the daemon's effect
+    /// registry, a blocking effect, fixed gate inputs...).
+    pub async fn with_engine(
+        projects: &[&str],
+        project_toml: &str,
+        env: &[(&str, &str)],
+        engine: impl FnOnce(EngineBuilder, &Arc<Settings>, &Db) -> EngineBuilder,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = String::new();
         for p in projects {
@@ -111,13 +122,13 @@ impl Harness {
         let db = Db::open(&settings.database_path()).await.unwrap();
         let workspace = Workspace::new(&settings.workspace_root);
         let notifier = Arc::new(RecordingNotifier::default());
-        let engine = Engine::builder(db.clone(), Boot::new())
+        let builder = Engine::builder(db.clone(), Boot::new())
             .inputs(Arc::new(WorkspaceInputs {
                 settings: settings.clone(),
                 workspace: workspace.clone(),
             }))
-            .notifier(notifier.clone())
-            .build();
+            .notifier(notifier.clone());
+        let engine = engine(builder, &settings, &db).build();
         let tracker = Arc::new(RecordingTracker::default());
         let forge = Arc::new(RecordingForge::default());
         let pipeline = Pipeline {
@@ -127,6 +138,8 @@ impl Harness {
             tracker: tracker.clone(),
             forge: forge.clone(),
             notifier: notifier.clone(),
+            workspace: workspace.clone(),
+            stops: Default::default(),
         };
         let (trigger, shutdown) = shutdown::channel();
         let rt = Runtime {
