@@ -538,3 +538,25 @@ async fn reconciler_queues_a_missing_job_and_advances_a_finished_stage() {
     );
     let _ = Duration::from_secs(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_handles_a_status_whose_webhook_never_came() {
+    let h = Harness::new(&["demo"], &[]).await;
+    let stats = Arc::new(reconciler::ReconcilerStats::default());
+    let id = h.task("demo", "DEMO-11").await;
+    h.rt.pipeline.advance(id, "test").await.unwrap();
+    // A person set STOP in the tracker; the webhook was lost.
+    h.tracker
+        .statuses
+        .lock()
+        .unwrap()
+        .entry("DEMO-11".into())
+        .or_default()
+        .push("stop".into());
+    reconciler::tick(&h.rt, &stats).await.unwrap();
+    assert_eq!(h.stage(id).await, Stage::Cancelled);
+    assert_eq!(stats.poll.handed_over.load(Ordering::Relaxed), 1);
+    // A second pass hands nothing over again.
+    reconciler::tick(&h.rt, &stats).await.unwrap();
+    assert_eq!(stats.poll.handed_over.load(Ordering::Relaxed), 1);
+}

@@ -115,7 +115,7 @@ fn sim_child() {
                     }
                     if mode == "race" {
                         // Interleave, do not dominate: the parent's actors lead.
-                        tokio::time::sleep(Duration::from_micros(rng.gen_range(1000..6000))).await;
+                        tokio::time::sleep(Duration::from_micros(rng.gen_range(3000..12000))).await;
                     }
                 }
             }));

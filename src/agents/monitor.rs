@@ -351,6 +351,16 @@ async fn publish(
         "{}: {} ({} stage, attempt {})",
         job.role, wi, job.stage, job.attempt
     );
+    // A STOP deletes the remote branch: a run ending at that moment must not
+    // push it back.
+    let stopped = match tasks::get(rt.db.reader(), task.id).await {
+        Ok(Some(t)) => t.cancel_requested_at.is_some() || t.stage.is_terminal(),
+        _ => true,
+    };
+    if stopped {
+        tracing::info!(work_item = %wi, "task stopped: nothing is pushed");
+        return None;
+    }
     let pushed = match rt.workspace.prepare(project, wi).await {
         Ok(_) => rt.workspace.commit_and_push(project, wi, &msg).await,
         Err(e) => Err(e),
@@ -445,14 +455,19 @@ fn artifact_links(task: &TaskRow, project: &crate::config::Project) -> String {
 async fn decide(rt: &Runtime, job: &JobRow, task: &TaskRow, exit: i64) -> anyhow::Result<()> {
     let killed_for = job.error.clone().unwrap_or_default();
     if exit != 0 {
-        jobs::transition(
+        // A STOP may have cancelled the job after our claim: then nothing
+        // more happens for it (no retry for a cancelled task).
+        if !jobs::transition(
             rt.db.writer(),
             job.id,
             "running",
             "failed",
             Some(&format!("exit {exit}")),
         )
-        .await?;
+        .await?
+        {
+            return Ok(());
+        }
         if killed_for.starts_with(OVER_BUDGET) {
             tasks::set_hold(rt.db.writer(), task.id, Some(&killed_for)).await?;
             rt.alert(
@@ -472,7 +487,9 @@ async fn decide(rt: &Runtime, job: &JobRow, task: &TaskRow, exit: i64) -> anyhow
         retry_or_hold(rt, job, &why).await;
         return Ok(());
     }
-    jobs::transition(rt.db.writer(), job.id, "running", "done", None).await?;
+    if !jobs::transition(rt.db.writer(), job.id, "running", "done", None).await? {
+        return Ok(());
+    }
     let out = rt.pipeline.advance(task.id, "monitor").await?;
     tracing::info!(work_item = %task.work_item, job = job.id, ?out, "stage decision");
     match out {

@@ -5,6 +5,7 @@ pub mod post_deploy;
 pub mod reaper;
 pub mod reconciler;
 pub mod recovery;
+pub mod tracker_poll;
 pub mod worker;
 
 use std::sync::Arc;

@@ -28,6 +28,8 @@ pub struct ReconcilerStats {
     pub advanced: AtomicU64,
     pub jobs_queued: AtomicU64,
     pub deferred: AtomicU64,
+    /// The tracker poll for status changes whose webhook never came.
+    pub poll: super::tracker_poll::PollStats,
 }
 
 #[async_trait]
@@ -42,6 +44,7 @@ impl StatusBlock for ReconcilerStats {
             "advanced": self.advanced.load(Ordering::Relaxed),
             "jobs_queued": self.jobs_queued.load(Ordering::Relaxed),
             "deferred_on_lease": self.deferred.load(Ordering::Relaxed),
+            "tracker_poll": self.poll.snapshot(),
         })
     }
 }
@@ -53,6 +56,8 @@ const ENTERED: &str =
 pub async fn tick(rt: &Runtime, stats: &Arc<ReconcilerStats>) -> anyhow::Result<()> {
     // STOP first: a task it cancels needs no job queued below.
     rt.pipeline.sweep_cancels().await?;
+    // A person's input whose webhook never came (F-16).
+    super::tracker_poll::tick(rt, &stats.poll).await?;
     // Finished job, stage not advanced.
     let sql = format!(
         "SELECT t.* FROM tasks t

@@ -1,0 +1,137 @@
+//! The reconciler's tracker poll (F-16): neither Plane nor Gitea retries a
+//! webhook reliably, so the status a person set may never arrive. Each pass
+//! reads the tracker status of every active task and hands a person's input
+//! that the task has not acted on to the same status handler a webhook uses.
+//!
+//! Only inputs whose handling is idempotent are polled: Approved, STOP and
+//! Confirm Deploy (a second hand-over changes nothing). Rejected and In
+//! Progress after Needs Input relaunch the analyst; a poll cannot tell a new
+//! Rejected from one already handled, so those are left to their webhooks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+
+use crate::agents::runtime::Runtime;
+use crate::db::tasks::{TERMINAL_SQL, TaskRow};
+use crate::domain::Stage;
+use crate::pipeline::status::{Handled, StatusChange};
+
+#[derive(Debug, Default)]
+pub struct PollStats {
+    pub polled: AtomicU64,
+    pub handed_over: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl PollStats {
+    pub fn snapshot(&self) -> Value {
+        json!({
+            "polled": self.polled.load(Ordering::Relaxed),
+            "missed_statuses_handled": self.handed_over.load(Ordering::Relaxed),
+            "tracker_errors": self.errors.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Would the task act on this input now? (A stale input is not handed over.)
+fn actionable(task: &TaskRow, status: &str) -> bool {
+    match status {
+        "approved" => task.stage == Stage::Analysis && task.approved_at.is_none(),
+        "confirm_deploy" => task.stage == Stage::Deploy && task.deploy_confirmed_at.is_none(),
+        "stop" => task.cancel_requested_at.is_none(),
+        _ => false,
+    }
+}
+
+pub async fn tick(rt: &Runtime, stats: &PollStats) -> anyhow::Result<()> {
+    let sql = format!(
+        "SELECT * FROM tasks WHERE stage NOT IN {TERMINAL_SQL} AND plane_issue_id IS NOT NULL"
+    );
+    let active: Vec<TaskRow> = sqlx::query_as(&sql).fetch_all(rt.db.reader()).await?;
+    for task in active {
+        let Some(item) = rt.pipeline.tracker_ref(&task) else {
+            continue;
+        };
+        stats.polled.fetch_add(1, Ordering::Relaxed);
+        let status = match rt.pipeline.tracker.current_status(&item).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(work_item = %task.work_item, error = %e, "tracker status not readable");
+                continue;
+            }
+        };
+        if !actionable(&task, &status) {
+            continue;
+        }
+        tracing::warn!(work_item = %task.work_item, status, "a status change arrived without its webhook: handling it");
+        let change = StatusChange {
+            project: task.project.clone(),
+            issue_id: item.issue_id.clone(),
+            work_item: task.work_item.clone(),
+            title: task.title.clone(),
+            description: task.description.clone(),
+            status: status.clone(),
+            old_status: None,
+        };
+        match rt.pipeline.on_status(&change).await? {
+            Handled::Done(m) => {
+                stats.handed_over.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(work_item = %task.work_item, "missed status handled: {m}");
+            }
+            other => tracing::info!(work_item = %task.work_item, "missed status: {other}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(stage: Stage) -> TaskRow {
+        TaskRow {
+            id: 1,
+            work_item: "DEMO-1".into(),
+            plane_issue_id: Some("i".into()),
+            project: "demo".into(),
+            title: String::new(),
+            description: String::new(),
+            stage,
+            stage_version: 1,
+            branch: None,
+            worktree: None,
+            approved_at: None,
+            deploy_confirmed_at: None,
+            hold_reason: None,
+            held_at: None,
+            cancel_requested_at: None,
+            cancel_requested_by: None,
+            cancel_reason: None,
+            cancel_notified_at: None,
+            tombstoned_at: None,
+            created_at: 0,
+            updated_at: 0,
+            merge_gate_version: None,
+            validated_sha: None,
+        }
+    }
+
+    #[test]
+    fn only_unhandled_idempotent_inputs_are_handed_over() {
+        assert!(actionable(&task(Stage::Analysis), "approved"));
+        let mut approved = task(Stage::Analysis);
+        approved.approved_at = Some(1);
+        assert!(!actionable(&approved, "approved"), "already handled");
+        assert!(!actionable(&task(Stage::Development), "approved"), "stale");
+        assert!(actionable(&task(Stage::Deploy), "confirm_deploy"));
+        assert!(actionable(&task(Stage::Review), "stop"));
+        assert!(
+            !actionable(&task(Stage::Analysis), "rejected"),
+            "relaunches are not polled"
+        );
+        assert!(!actionable(&task(Stage::Analysis), "in_progress"));
+    }
+}
