@@ -15,15 +15,11 @@ use orchestrator::domain::Stage;
 use support::runtime::{agent, bare_remote};
 
 fn daemon(dir: &Path, agent_sleep: &str) -> Child {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // No HTTP is needed here: an OS-chosen port cannot collide.
     Command::new(support::bin())
         .current_dir(dir)
         .env("ORCH_CONFIG", dir.join("o.toml"))
-        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
+        .env("ORCH_BIND", "127.0.0.1:0")
         .env(
             "ORCH_DATABASE_URL",
             format!("sqlite://{}", dir.join("o.db").display()),

@@ -130,22 +130,34 @@ fn spawn_daemon(dir: &std::path::Path, env: &[(&str, &str)]) -> std::process::Ch
 #[test]
 fn binary_exits_zero_on_sigterm_within_5s_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bind = format!("127.0.0.1:{port}");
-    let mut child = spawn_daemon(dir.path(), &[("ORCH_BIND", &bind)]);
-    // Wait until it answers /health.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if std::net::TcpStream::connect(&bind).is_ok() {
-            break;
+    // A free port can be taken by a parallel test between our probe and the
+    // daemon's bind: then our daemon exits and we try another port. Ours is
+    // up when it listens AND its SQLite file exists.
+    let mut child = None;
+    'attempts: for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bind = format!("127.0.0.1:{port}");
+        let mut c = spawn_daemon(dir.path(), &[("ORCH_BIND", &bind)]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if c.try_wait().unwrap().is_some() {
+                continue 'attempts;
+            }
+            if dir.path().join("orchestrator.db").exists()
+                && std::net::TcpStream::connect(&bind).is_ok()
+            {
+                child = Some(c);
+                break 'attempts;
+            }
+            assert!(Instant::now() < deadline, "daemon did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(Instant::now() < deadline, "daemon did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
     }
+    let mut child = child.expect("the daemon started on one of 5 ports");
     assert!(
         dir.path().join("orchestrator.db").exists(),
         "SQLite file in the working directory"
