@@ -50,24 +50,9 @@ pub async fn run_job(rt: Runtime, job: JobRow) {
 }
 
 async fn run_job_inner(rt: &Runtime, job: &JobRow) -> anyhow::Result<()> {
-    let task = tasks::get(rt.db.reader(), job.task_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
-    if task.stage != job.stage || task.stage.is_terminal() {
-        jobs::transition(
-            rt.db.writer(),
-            job.id,
-            "running",
-            "cancelled",
-            Some("the task moved on"),
-        )
-        .await?;
+    let Some((task, project)) = rt.job_context(job).await? else {
         return Ok(());
-    }
-    let project = rt
-        .project(&task.project)
-        .ok_or_else(|| anyhow::anyhow!("project {:?} is not configured", task.project))?
-        .clone();
+    };
     let wt = rt.workspace.prepare(&project, &task.work_item).await?;
     let wt_s = wt.to_string_lossy().into_owned();
     if task.worktree.as_deref() != Some(wt_s.as_str()) {

@@ -35,6 +35,31 @@ impl Runtime {
         self.settings.project(name)
     }
 
+    /// The task and project a started job works on, or `None` after
+    /// cancelling a job whose task moved on (or vanished) meanwhile.
+    pub async fn job_context(
+        &self,
+        job: &JobRow,
+    ) -> anyhow::Result<Option<(crate::db::tasks::TaskRow, Project)>> {
+        let task = crate::db::tasks::get(self.db.reader(), job.task_id).await?;
+        let Some(task) = task.filter(|t| t.stage == job.stage && !t.stage.is_terminal()) else {
+            crate::db::jobs::transition(
+                self.db.writer(),
+                job.id,
+                "running",
+                "cancelled",
+                Some("the task moved on"),
+            )
+            .await?;
+            return Ok(None);
+        };
+        let project = self
+            .project(&task.project)
+            .ok_or_else(|| anyhow::anyhow!("project {:?} is not configured", task.project))?
+            .clone();
+        Ok(Some((task, project)))
+    }
+
     pub async fn alert(&self, kind: &'static str, work_item: &str, message: String) {
         self.notifier
             .alert(Alert {

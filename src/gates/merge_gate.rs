@@ -109,24 +109,10 @@ pub async fn run(rt: Runtime, stats: Arc<MergeGateStats>, job: JobRow) {
 }
 
 async fn run_inner(rt: &Runtime, stats: &MergeGateStats, job: &JobRow) -> anyhow::Result<()> {
-    let Some(task) = tasks::get(rt.db.reader(), job.task_id).await? else {
+    // Merge-gate jobs are queued at deploy-staging: a task elsewhere moved on.
+    let Some((task, project)) = rt.job_context(job).await? else {
         return Ok(());
     };
-    if task.stage != Stage::DeployStaging {
-        jobs::transition(
-            rt.db.writer(),
-            job.id,
-            "running",
-            "cancelled",
-            Some("the task moved on"),
-        )
-        .await?;
-        return Ok(());
-    }
-    let project = rt
-        .project(&task.project)
-        .ok_or_else(|| anyhow::anyhow!("project {:?} is not configured", task.project))?
-        .clone();
     if !merge_lease::acquire(rt.db.writer(), &project.name, task.id, rt.clock.now_ms()).await? {
         // Another task of the project is between its merge gate and done
         // (F-17): wait in the queue, without spending an attempt.
