@@ -233,12 +233,29 @@ pub async fn wait(group: &mut Group) -> Ended {
 /// its group is left (a finished leader's background children included).
 /// Cancel-safe: dropping the future SIGKILLs the group.
 pub async fn run(spec: &Spec, timeout: Duration, grace: Duration) -> Result<Outcome, ProcError> {
+    run_observed(spec, timeout, grace, |_| async {}).await
+}
+
+/// [`run`], telling `on_spawn` the group id as soon as the group exists, so
+/// the caller can record it where a STOP, the reaper or a restarted daemon
+/// finds it (the job row). The timeout does not count `on_spawn`'s time.
+pub async fn run_observed<F, Fut>(
+    spec: &Spec,
+    timeout: Duration,
+    grace: Duration,
+    on_spawn: F,
+) -> Result<Outcome, ProcError>
+where
+    F: FnOnce(i32) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let started = Instant::now();
     let mut group = spawn(spec)?;
     let mut guard = KillOnDrop {
         pgid: group.pgid,
         armed: true,
     };
+    on_spawn(group.pgid).await;
     let ended = match tokio::time::timeout(timeout, wait(&mut group)).await {
         Ok(ended) => ended,
         Err(_) => {

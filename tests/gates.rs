@@ -197,6 +197,109 @@ async fn retest_timeout_kills_the_group_retries_in_place_then_alerts_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_findings_roll_back_with_the_findings_in_the_developer_prompt() {
+    // F-19: the scan runs even when the re-test is skipped (main did not
+    // move): staging never scanned this head.
+    let h = Harness::new_with(
+        &["demo"],
+        "test_command = \"true\"\nsecurity_command = \"echo scanning; echo 'CVE-2026-0042 in left-pad 1.0'; exit 3\"",
+        &[],
+    )
+    .await;
+    let id = task_at(&h, "DEMO-6", Stage::Testing).await;
+    h.drive("the rollback", 60, || async {
+        jobs::for_task(h.db.reader(), id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.role == "developer" && !j.context.is_empty())
+    })
+    .await;
+    assert_eq!(h.rt.merge_gate.insecure.load(Ordering::Relaxed), 1);
+    assert_eq!(h.rt.merge_gate.skipped_retests.load(Ordering::Relaxed), 1);
+    let hist = orchestrator::db::history::for_task(h.db.reader(), id)
+        .await
+        .unwrap();
+    assert!(hist.iter().any(|r| r.from_stage == Stage::DeployStaging
+        && r.to_stage == Stage::Development
+        && r.actor == "merge-gate"));
+    let dev = jobs::for_task(h.db.reader(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .rfind(|j| j.role == "developer")
+        .unwrap();
+    assert!(
+        dev.context.contains("CVE-2026-0042") && dev.context.contains("security scan"),
+        "{:?}",
+        dev.context
+    );
+    assert_eq!(
+        orchestrator::db::merge_lease::holder(h.db.reader(), "demo")
+            .await
+            .unwrap(),
+        None,
+        "lease released on rollback"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_scan_passes_and_a_missing_scanner_is_infra_not_a_verdict() {
+    // Clean: the scan ran on the rebased head and the task reaches deploy.
+    let h = Harness::new_with(
+        &["demo"],
+        "test_command = \"true\"\nsecurity_command = \"git log --oneline -1 >> ../security-scans.log\"",
+        &[],
+    )
+    .await;
+    let id = task_at(&h, "DEMO-7", Stage::Testing).await;
+    advance_main(&h, "src/other.txt", "x\n");
+    h.drive("deploy", 60, || async {
+        h.stage(id).await == Stage::Deploy
+    })
+    .await;
+    let log =
+        h.rt.workspace
+            .worktree_dir("DEMO-7")
+            .join("../security-scans.log");
+    let scanned = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(scanned.lines().count(), 1, "{scanned}");
+    assert_eq!(h.rt.merge_gate.insecure.load(Ordering::Relaxed), 0);
+
+    // Missing scanner (exit 127): retried in place, then held; never rolled back.
+    let h = Harness::new_with(
+        &["demo"],
+        "test_command = \"true\"\nsecurity_command = \"no-such-scanner-xyz --audit\"",
+        &[("ORCH_MERGE_GATE_INFRA_RETRIES", "1")],
+    )
+    .await;
+    let id = task_at(&h, "DEMO-8", Stage::Testing).await;
+    h.drive("the hold", 60, || async {
+        tasks::get(h.db.reader(), id)
+            .await
+            .unwrap()
+            .unwrap()
+            .hold_reason
+            .is_some()
+    })
+    .await;
+    assert_eq!(
+        h.stage(id).await,
+        Stage::DeployStaging,
+        "infra never rolls back"
+    );
+    assert_eq!(h.rt.merge_gate.other.load(Ordering::Relaxed), 2);
+    assert_eq!(h.rt.merge_gate.insecure.load(Ordering::Relaxed), 0);
+    let hold = tasks::get(h.db.reader(), id)
+        .await
+        .unwrap()
+        .unwrap()
+        .hold_reason
+        .unwrap();
+    assert!(hold.contains("security scan"), "{hold}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deterministic_tester_pass_fail_and_tool_error() {
     // PASS: the real test command passes; the report is the runner's.
     let h = Harness::new_with(&["demo"], "deterministic_tester = true\ntest_command = \"echo 'test result: ok. 7 passed; 0 failed'\"", &[]).await;

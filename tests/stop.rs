@@ -230,6 +230,65 @@ async fn stop_while_an_agent_runs_kills_its_group_and_never_requeues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_while_a_builtin_runner_runs_kills_its_group() {
+    // The deterministic tester (F-20) runs in its own group like an agent:
+    // a STOP must not wait for its command timeout.
+    let toml = "deterministic_tester = true\ntest_command = \"sleep 300 & sleep 300; echo done\"";
+    let h = Harness::with_engine(&["demo"], toml, &[], |b, s, db| {
+        b.effects(orchestrator::effects::daemon_effects(
+            s.clone(),
+            db.clone(),
+            forge_from_settings(s),
+        ))
+    })
+    .await;
+    let id = seed(&h, "DEMO-1", Stage::Testing, true).await;
+    let job = jobs::enqueue(&h.db, id, Stage::Testing, "tester", 1, "")
+        .await
+        .unwrap()
+        .id();
+    until(&h, "the runner's group on the job", || async {
+        jobs::get(h.db.reader(), job)
+            .await
+            .unwrap()
+            .and_then(|j| j.pgid)
+            .is_some_and(|p| proc_group::pids_in_group(p as i32).len() >= 3)
+    })
+    .await;
+    let pgid = jobs::get(h.db.reader(), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .pgid
+        .unwrap() as i32;
+
+    let out = status(&h, "DEMO-1", "stop").await;
+    assert!(
+        matches!(&out, Handled::Done(t) if t.contains("testing -> cancelled") && t.contains("1 agent group(s) stopped")),
+        "{out:?}"
+    );
+    assert_eq!(proc_group::pids_in_group(pgid), Vec::<i32>::new());
+    assert_cancelled_and_clean(&h, id, "DEMO-1").await;
+    // The killed runner is a tool error: it writes no verdict, and its
+    // monitor's claim fails on the cancelled job, so nothing is requeued.
+    until(&h, "the killed run's exit", || async {
+        runs::latest_for_job(h.db.reader(), job)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.exit_code.is_some())
+    })
+    .await;
+    for _ in 0..5 {
+        orchestrator::loops::worker::tick(&h.rt).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let js = jobs::for_task(h.db.reader(), id).await.unwrap();
+    assert_eq!(js.len(), 1, "never requeued: {js:?}");
+    assert_eq!(js[0].status, "cancelled");
+    assert_eq!(h.stage(id).await, Stage::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_during_an_effect_is_deferred_then_applied_by_the_holder() {
     let blocking = Arc::new(Blocking {
         entered: Notify::new(),

@@ -141,7 +141,14 @@ pub async fn run(
     };
     let timeout = Duration::from_secs(rt.settings.command_timeout_s);
     let grace = Duration::from_secs(rt.settings.agent_kill_grace_s);
-    let outcome = match proc_group::run(&spec, timeout, grace).await {
+    // The group id goes on the job, like an agent's: a STOP (F-25), tier 3
+    // and a restarted daemon stop a built-in by it.
+    let record_pgid = |pgid: i32| async move {
+        if let Err(e) = jobs::set_pgid(rt.db.writer(), job.id, i64::from(pgid)).await {
+            tracing::warn!(job = job.id, pgid, error = %e, "runner's group id not recorded");
+        }
+    };
+    let outcome = match proc_group::run_observed(&spec, timeout, grace, record_pgid).await {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(work_item = %task.work_item, error = %e, "runner could not start: tool error");

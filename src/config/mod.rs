@@ -210,6 +210,11 @@ pub struct Project {
     /// the ratchet fails a drop below the project's baseline. Empty = no gate.
     #[serde(default)]
     pub coverage_command: String,
+    /// Optional (F-19): a security scan run by the merge gate after the
+    /// re-test, on the head that will merge; non-zero exit = findings → back
+    /// to development. Empty = no gate.
+    #[serde(default)]
+    pub security_command: String,
     /// Optional (F-19): rebuilds the deployable image before deploy. Empty = none.
     #[serde(default)]
     pub image_command: String,

@@ -6,8 +6,9 @@
 //! with a timeout. A red re-test or a conflict rolls back to development
 //! through the engine; a timeout or a busy lock is infra: it retries in place
 //! a bounded number of times and stays on deploy-staging, then holds with one
-//! alert. A pass records the gate at the task's stage version, which the
-//! deploy-staging exit gate requires.
+//! alert. After a pass (re-tested or proven no-op) the project's security
+//! scan runs on the same head (F-19, `security.rs`). A pass records the gate
+//! at the task's stage version, which the deploy-staging exit gate requires.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,8 @@ use crate::git::{self, branch_name};
 use crate::http::StatusBlock;
 use crate::proc_group::{self, Ended};
 
+use super::security;
+
 /// The job role of a merge-gate run.
 pub const ROLE: &str = "merge-gate";
 
@@ -34,6 +37,8 @@ pub struct MergeGateStats {
     pub skipped_retests: AtomicU64,
     pub passed: AtomicU64,
     pub red: AtomicU64,
+    /// The security scan (F-19) reported findings.
+    pub insecure: AtomicU64,
     pub conflict: AtomicU64,
     pub timeout: AtomicU64,
     pub lock_busy: AtomicU64,
@@ -50,7 +55,7 @@ impl StatusBlock for MergeGateStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         json!({
             "runs": g(&self.runs), "skipped_retests": g(&self.skipped_retests), "passed": g(&self.passed),
-            "red": g(&self.red), "conflict": g(&self.conflict), "timeout": g(&self.timeout),
+            "red": g(&self.red), "insecure": g(&self.insecure), "conflict": g(&self.conflict), "timeout": g(&self.timeout),
             "lock_busy": g(&self.lock_busy), "other": g(&self.other), "infra_exhausted": g(&self.infra_exhausted),
         })
     }
@@ -59,8 +64,12 @@ impl StatusBlock for MergeGateStats {
 /// How a merge-gate run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Class {
-    Pass { retested: bool },
+    Pass {
+        retested: bool,
+    },
     Red(String),
+    /// The security scan (F-19) found problems in the code.
+    Insecure(String),
     Conflict(String),
     Timeout,
     LockBusy(String),
@@ -74,7 +83,7 @@ impl Class {
 }
 
 /// Output that says the run fought over a lock, not over the code.
-const LOCK_MARKERS: &[&str] = &[
+pub(super) const LOCK_MARKERS: &[&str] = &[
     "database is locked",
     "Blocking waiting for file lock",
     "could not acquire lock",
@@ -121,7 +130,7 @@ async fn run_inner(rt: &Runtime, stats: &MergeGateStats, job: &JobRow) -> anyhow
         return Ok(());
     }
     stats.runs.fetch_add(1, Ordering::Relaxed);
-    let class = rebase_and_retest(rt, stats, &project, &task).await?;
+    let class = rebase_and_retest(rt, stats, &project, &task, job).await?;
     finish(rt, stats, job, class).await
 }
 
@@ -130,6 +139,7 @@ async fn rebase_and_retest(
     stats: &MergeGateStats,
     project: &Project,
     task: &crate::db::tasks::TaskRow,
+    job: &JobRow,
 ) -> anyhow::Result<Class> {
     let work_item = task.work_item.as_str();
     let wt = rt.workspace.prepare(project, work_item).await?;
@@ -148,7 +158,9 @@ async fn rebase_and_retest(
             .is_ok()
     {
         stats.skipped_retests.fetch_add(1, Ordering::Relaxed);
-        return Ok(Class::Pass { retested: false });
+        return Ok(security::scan(rt, project, job, &wt, work_item)
+            .await
+            .unwrap_or(Class::Pass { retested: false }));
     }
     if let Err(e) = git::git(
         &wt,
@@ -188,23 +200,11 @@ async fn rebase_and_retest(
             work_item,
             "no test_command: the merge gate cannot re-test; passing on the rebase alone"
         );
-        return Ok(Class::Pass { retested: false });
+        return Ok(security::scan(rt, project, job, &wt, work_item)
+            .await
+            .unwrap_or(Class::Pass { retested: false }));
     }
-    let out = proc_group::run(
-        &proc_group::Spec {
-            command: project.test_command.clone(),
-            cwd: wt.clone(),
-            env: vec![("ORCH_WORK_ITEM".into(), work_item.into())],
-            env_remove: crate::config::SECRET_ENV_KEYS
-                .iter()
-                .map(|k| k.to_string())
-                .collect(),
-            log: None,
-        },
-        Duration::from_secs(rt.settings.merge_retest_timeout_s),
-        Duration::from_secs(rt.settings.agent_kill_grace_s),
-    )
-    .await;
+    let out = run_in_group(rt, job, &wt, work_item, &project.test_command).await;
     let class = match out {
         Ok(o) => classify(o.ended, &o.output),
         Err(e) => Class::Other(format!("the re-test could not start: {e}")),
@@ -215,8 +215,44 @@ async fn rebase_and_retest(
             .trim()
             .to_string();
         tasks::set_validated_sha(rt.db.writer(), task.id, &head).await?;
+        return Ok(security::scan(rt, project, job, &wt, work_item)
+            .await
+            .unwrap_or(class));
     }
     Ok(class)
+}
+
+/// Run a gate command in the worktree, in its own process group with the
+/// re-test's timeout, its group id on the job (tier 3 and a restart find it).
+pub(super) async fn run_in_group(
+    rt: &Runtime,
+    job: &JobRow,
+    wt: &std::path::Path,
+    work_item: &str,
+    command: &str,
+) -> Result<proc_group::Outcome, proc_group::ProcError> {
+    let spec = proc_group::Spec {
+        command: command.to_string(),
+        cwd: wt.to_path_buf(),
+        env: vec![("ORCH_WORK_ITEM".into(), work_item.into())],
+        env_remove: crate::config::SECRET_ENV_KEYS
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
+        log: None,
+    };
+    let record_pgid = |pgid: i32| async move {
+        if let Err(e) = jobs::set_pgid(rt.db.writer(), job.id, i64::from(pgid)).await {
+            tracing::warn!(job = job.id, pgid, error = %e, "gate command's group id not recorded");
+        }
+    };
+    proc_group::run_observed(
+        &spec,
+        Duration::from_secs(rt.settings.merge_retest_timeout_s),
+        Duration::from_secs(rt.settings.agent_kill_grace_s),
+        record_pgid,
+    )
+    .await
 }
 
 /// Claim the job and act on the class.
@@ -235,6 +271,7 @@ async fn finish(
     let counter = match &class {
         Class::Pass { .. } => &stats.passed,
         Class::Red(_) => &stats.red,
+        Class::Insecure(_) => &stats.insecure,
         Class::Conflict(_) => &stats.conflict,
         Class::Timeout => &stats.timeout,
         Class::LockBusy(_) => &stats.lock_busy,
@@ -249,7 +286,7 @@ async fn finish(
                 rt.pipeline.advance(task.id, ROLE).await?;
             }
         }
-        Class::Red(why) | Class::Conflict(why) => {
+        Class::Red(why) | Class::Insecure(why) | Class::Conflict(why) => {
             jobs::transition(rt.db.writer(), job.id, "running", "failed", Some(&why)).await?;
             merge_lease::release(rt.db.writer(), &task.project, task.id).await?;
             let out = rt
