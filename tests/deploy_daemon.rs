@@ -231,14 +231,17 @@ async fn confirm_deploy_through_the_daemon_merges_then_plane_shows_monitoring_th
     daemon.stop().await.unwrap();
 }
 
-fn spawn_binary(w: &World, bind: &str) -> Child {
+/// The binary on an OS-chosen port (`127.0.0.1:0`): a port probed first
+/// and bound later can be taken by a parallel test in between. The address
+/// it bound is read from its log (`serving addr=...`, see `bound_addr`).
+fn spawn_binary(w: &World) -> Child {
     let mut cmd = Command::new(support::bin());
     cmd.arg("serve")
         .current_dir(w.dir.path())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", w.dir.path())
-        .env("ORCH_BIND", bind)
+        .env("ORCH_BIND", "127.0.0.1:0")
         .envs(w.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::from(
@@ -267,6 +270,37 @@ fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
 }
 
+/// The address of the daemon started after the log was `from` bytes long:
+/// its `serving` line names it (`addr=127.0.0.1:<port>`, maybe with ANSI
+/// colours around the field name). Polls until the line appears or the
+/// daemon exits.
+async fn bound_addr(w: &World, child: &mut Child, from: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = log_of(w.dir.path());
+        let fresh = log.get(from..).unwrap_or("");
+        if let Some(addr) = fresh
+            .lines()
+            .filter(|l| l.contains("serving"))
+            .find_map(|l| l.split("127.0.0.1:").nth(1))
+            .map(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .filter(|port| !port.is_empty())
+        {
+            return format!("127.0.0.1:{addr}");
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the daemon exited before serving: {fresh}"
+        );
+        assert!(Instant::now() < deadline, "no `serving` line: {fresh}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_the_merge_before_the_stage_write_then_restart_merges_once() {
     // The deploy command kills the daemon (its parent) the first time: a
@@ -281,13 +315,8 @@ async fn sigkill_after_the_merge_before_the_stage_write_then_restart_merges_once
         killed = killed.display()
     );
     let w = world(&format!("deploy_command = '{cmd}'")).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bind = format!("127.0.0.1:{port}");
-    let mut first = spawn_binary(&w, &bind);
+    let mut first = spawn_binary(&w);
+    let bind = bound_addr(&w, &mut first, 0).await;
     wait_ready(&bind).await;
     w.plane
         .set_webhook(&format!("http://{bind}/webhooks/plane"), PSECRET);
@@ -325,8 +354,12 @@ async fn sigkill_after_the_merge_before_the_stage_write_then_restart_merges_once
 
     // Restart: recovery finishes the transition; the deploy re-runs (it left
     // no success marker), the merge does not.
-    let mut second = spawn_binary(&w, &bind);
+    let logged = log_of(w.dir.path()).len();
+    let mut second = spawn_binary(&w);
+    let bind = bound_addr(&w, &mut second, logged).await;
     wait_ready(&bind).await;
+    w.plane
+        .set_webhook(&format!("http://{bind}/webhooks/plane"), PSECRET);
     until("Plane shows Done after the restart", 60, || async {
         w.plane.state_of(&item) == "Done"
     })
