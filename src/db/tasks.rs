@@ -274,6 +274,39 @@ pub async fn set_merge_gate_passed<'e>(
     Ok(r.rows_affected() == 1)
 }
 
+/// F-17: `task_id` waits until `depends_on` is terminal: the worker skips
+/// its queued jobs until then (`jobs::candidates`). Idempotent (true when
+/// this call added the edge); a task never waits on itself. Cycles are not
+/// detected: a cycle waits until one of its tasks is cancelled.
+pub async fn add_dependency<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    task_id: i64,
+    depends_on: i64,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "INSERT OR IGNORE INTO task_deps (task_id, depends_on) SELECT ?, ? WHERE ? != ?",
+    )
+    .bind(task_id)
+    .bind(depends_on)
+    .bind(task_id)
+    .bind(depends_on)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The tasks `task_id` waits on that are not terminal yet (F-17).
+pub async fn pending_dependencies<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    task_id: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let sql = format!(
+        "SELECT d.depends_on FROM task_deps d JOIN tasks t ON t.id = d.depends_on
+         WHERE d.task_id = ? AND t.stage NOT IN {TERMINAL_SQL} ORDER BY d.depends_on"
+    );
+    sqlx::query_scalar(&sql).bind(task_id).fetch_all(ex).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
