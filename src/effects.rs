@@ -8,6 +8,7 @@
 pub mod branch;
 pub mod checkout;
 pub mod deploy;
+pub mod markers;
 pub mod ratchet;
 
 use std::sync::Arc;

@@ -14,9 +14,12 @@
 //! - a deploy-path transition that stopped between two effects (a crash
 //!   after `merge_pr` was recorded, before `prod_deploy` was planned) is
 //!   carried to its end: the engine completes a journaled intent. The first
-//!   tick runs at start-up, right after recovery.
+//!   tick runs at start-up, right after recovery;
+//! - the deploy markers of committed transitions older than a day are
+//!   removed (`effects::markers`, counted in `markers_removed`).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -24,6 +27,7 @@ use serde_json::{Value, json};
 use crate::db::tasks;
 use crate::db::{deploys, now_ms};
 use crate::domain::Stage;
+use crate::effects::markers;
 use crate::http::StatusBlock;
 use crate::pipeline::Pipeline;
 use crate::stage_engine::Outcome;
@@ -43,6 +47,8 @@ pub struct PostDeployStats {
     pub status_errors: AtomicU64,
     /// Interrupted deploy-path transitions carried forward.
     pub resumed: AtomicU64,
+    /// Deploy markers of committed transitions removed (`effects::markers`).
+    pub markers_removed: AtomicU64,
 }
 
 #[async_trait]
@@ -60,6 +66,7 @@ impl StatusBlock for PostDeployStats {
             "skipped_cancelled": self.skipped_cancelled.load(Ordering::Relaxed),
             "status_errors": self.status_errors.load(Ordering::Relaxed),
             "resumed": self.resumed.load(Ordering::Relaxed),
+            "markers_removed": self.markers_removed.load(Ordering::Relaxed),
         })
     }
 }
@@ -127,6 +134,10 @@ pub async fn tick(p: &Pipeline, stats: &PostDeployStats) -> anyhow::Result<()> {
         }
     }
     stats.monitoring.store(open, Ordering::Relaxed);
+    let swept = markers::sweep(&p.settings, &p.db, SystemTime::now(), markers::MIN_AGE).await;
+    stats
+        .markers_removed
+        .fetch_add(swept.removed, Ordering::Relaxed);
     stats.ticks.fetch_add(1, Ordering::Relaxed);
     stats.last_tick_ms.store(now_ms(), Ordering::Relaxed);
     Ok(())
