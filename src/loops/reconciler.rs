@@ -6,7 +6,10 @@
 //! - an active stage with no job since the task entered it → queue the job;
 //! - STOP (F-25): a deferred cancel whose step ended without applying it →
 //!   apply it; a cancelled task with jobs, agents, a worktree or a merge
-//!   lease left → run the cancel cascade again (`Pipeline::sweep_cancels`).
+//!   lease left → run the cancel cascade again (`Pipeline::sweep_cancels`);
+//! - the tracker (`tracker_poll`): a person's status whose webhook never
+//!   came → handle it; one of our statuses that disagrees with the stage →
+//!   set the stage's status again (`status_resynced`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -44,6 +47,7 @@ impl StatusBlock for ReconcilerStats {
             "advanced": self.advanced.load(Ordering::Relaxed),
             "jobs_queued": self.jobs_queued.load(Ordering::Relaxed),
             "deferred_on_lease": self.deferred.load(Ordering::Relaxed),
+            "status_resynced": self.poll.resynced.load(Ordering::Relaxed),
             "tracker_poll": self.poll.snapshot(),
         })
     }

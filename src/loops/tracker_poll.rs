@@ -7,21 +7,40 @@
 //! Confirm Deploy (a second hand-over changes nothing). Rejected and In
 //! Progress after Needs Input relaunch the analyst; a poll cannot tell a new
 //! Rejected from one already handled, so those are left to their webhooks.
+//!
+//! The same read converges a status that disagrees with the stage (a lost
+//! or failed status write, someone moving the card): when the tracker shows
+//! one of OUR output statuses that does not belong to the task's stage
+//! (`status::status_drifted`; a sub-state like In Review in analysis does),
+//! the stage's own status is set again through `Pipeline::set_status`, so
+//! the write guard and the deploy status guard apply and the webhook echo
+//! is ignored like any of our writes. A person's input is never
+//! overwritten. At most one write per task per pass; held tasks, tasks with
+//! a pending STOP and tasks whose transition lease is live are left alone
+//! (the holder's move shows its own status).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
 use crate::agents::runtime::Runtime;
-use crate::db::tasks::{TERMINAL_SQL, TaskRow};
+use crate::db::leases;
+use crate::db::tasks::{self, TERMINAL_SQL, TaskRow};
 use crate::domain::Stage;
-use crate::pipeline::status::{Handled, StatusChange};
+use crate::pipeline::status::{Handled, StatusChange, status_drifted};
+
+/// The caller name of the reconciler's status writes (guard log lines).
+const RESYNC: &str = "reconciler";
 
 #[derive(Debug, Default)]
 pub struct PollStats {
     pub polled: AtomicU64,
     pub handed_over: AtomicU64,
     pub errors: AtomicU64,
+    /// Our status set again because the tracker showed another of ours.
+    pub resynced: AtomicU64,
+    /// A drifted status left for later: the task's transition lease is live.
+    pub resync_deferred: AtomicU64,
 }
 
 impl PollStats {
@@ -30,6 +49,8 @@ impl PollStats {
             "polled": self.polled.load(Ordering::Relaxed),
             "missed_statuses_handled": self.handed_over.load(Ordering::Relaxed),
             "tracker_errors": self.errors.load(Ordering::Relaxed),
+            "status_resynced": self.resynced.load(Ordering::Relaxed),
+            "status_resync_deferred": self.resync_deferred.load(Ordering::Relaxed),
         })
     }
 }
@@ -64,6 +85,9 @@ pub async fn tick(rt: &Runtime, stats: &PollStats) -> anyhow::Result<()> {
             }
         };
         if !actionable(&task, &status) {
+            if status_drifted(task.stage, &status) {
+                resync(rt, stats, &task, &status).await?;
+            }
             continue;
         }
         tracing::warn!(work_item = %task.work_item, status, "a status change arrived without its webhook: handling it");
@@ -82,6 +106,45 @@ pub async fn tick(rt: &Runtime, stats: &PollStats) -> anyhow::Result<()> {
                 tracing::info!(work_item = %task.work_item, "missed status handled: {m}");
             }
             other => tracing::info!(work_item = %task.work_item, "missed status: {other}"),
+        }
+    }
+    Ok(())
+}
+
+/// Set the stage's own status again over a drifted one of ours (F-16).
+async fn resync(
+    rt: &Runtime,
+    stats: &PollStats,
+    seen: &TaskRow,
+    shown: &str,
+) -> anyhow::Result<()> {
+    if let Some(lease) = leases::get(rt.db.reader(), seen.id).await?
+        && rt.pipeline.engine.boot().is_live(&lease)
+    {
+        stats.resync_deferred.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(work_item = %seen.work_item, shown, holder = %lease.actor, "status drift: deferred to the lease holder");
+        return Ok(());
+    }
+    // Re-read: a move since this pass read the task shows its own status.
+    let Some(task) = tasks::get(rt.db.reader(), seen.id).await? else {
+        return Ok(());
+    };
+    if task.stage_version != seen.stage_version
+        || task.hold_reason.is_some()
+        || task.cancel_requested_at.is_some()
+        || !status_drifted(task.stage, shown)
+    {
+        return Ok(());
+    }
+    let key = task.stage.spec().plane_status;
+    match rt.pipeline.set_status(&task, key, RESYNC).await {
+        Ok(()) => {
+            stats.resynced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(work_item = %task.work_item, stage = %task.stage, shown, status = key, "tracker status disagreed with the stage: set it again");
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(work_item = %task.work_item, stage = %task.stage, shown, status = key, error = %e, "tracker status disagrees with the stage and could not be set; retried next pass");
         }
     }
     Ok(())

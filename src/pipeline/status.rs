@@ -79,6 +79,54 @@ pub fn describe(out: &Outcome) -> String {
     }
 }
 
+/// The statuses the orchestrator sets (SPEC, "outputs"). The inputs a person
+/// sets (To Analyse, Approved, Rejected, STOP, Confirm Deploy) are not among
+/// them. In Progress is both: an input only after Needs Input, in analysis,
+/// where it is also the stage's own status.
+pub const OUTPUT_STATUSES: [&str; 8] = [
+    "in_progress",
+    "in_review",
+    "needs_input",
+    "awaiting_deploy",
+    "deploying",
+    "monitoring",
+    "done",
+    "cancelled",
+];
+
+/// Statuses the pipeline shows inside a stage without moving it: In Review
+/// and Needs Input while the BRD waits for a person; Deploying once Confirm
+/// Deploy started the deploy finalizer.
+const SUB_STATES: [(Stage, &[&str]); 2] = [
+    (Stage::Analysis, &["in_review", "needs_input"]),
+    (Stage::Deploy, &["deploying"]),
+];
+
+/// The output statuses that agree with a task at `stage`: the stage's own
+/// status (`StageSpec::plane_status`) and its sub-states.
+pub fn consistent_statuses(stage: Stage) -> Vec<&'static str> {
+    let mut out = vec![stage.spec().plane_status];
+    for (s, subs) in SUB_STATES {
+        if s == stage {
+            out.extend_from_slice(subs);
+        }
+    }
+    out
+}
+
+/// F-16: does the tracker's `shown` status disagree with a task at `stage`?
+/// Only our own output statuses count: a person's input (or a state none
+/// of ours) is theirs, handled by the webhook or the poll, never overwritten.
+/// A task at `created` shows the person's To Analyse until it starts; a
+/// terminal task's status belongs to the cancel cascade and the post-deploy
+/// monitor.
+pub fn status_drifted(stage: Stage, shown: &str) -> bool {
+    stage != Stage::Created
+        && !stage.is_terminal()
+        && OUTPUT_STATUSES.contains(&shown)
+        && !consistent_statuses(stage).contains(&shown)
+}
+
 impl Pipeline {
     /// F-02: act on a status a person set. Idempotent: the intake processes
     /// a delivery at least once (a crash between work and bookkeeping
@@ -325,6 +373,36 @@ pub fn strip_html(html: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_statuses_that_disagree_with_the_stage_drift() {
+        for stage in Stage::ALL {
+            for key in crate::config::PlaneStatuses::KEYS {
+                let want = match (stage, key) {
+                    (s, _) if s == Stage::Created || s.is_terminal() => false,
+                    // A person's inputs are never drift.
+                    (_, "to_analyse" | "approved" | "rejected" | "stop" | "confirm_deploy") => {
+                        false
+                    }
+                    (Stage::Analysis, "in_progress" | "in_review" | "needs_input") => false,
+                    (
+                        Stage::Architecture | Stage::Development | Stage::Review | Stage::Testing,
+                        "in_progress",
+                    ) => false,
+                    (Stage::DeployStaging, "deploying") => false,
+                    (Stage::Deploy, "awaiting_deploy" | "deploying") => false,
+                    _ => true,
+                };
+                assert_eq!(status_drifted(stage, key), want, "{stage} shows {key}");
+            }
+        }
+        assert!(!status_drifted(Stage::Development, "Backlog"), "not ours");
+        for stage in Stage::ALL {
+            let own = stage.spec().plane_status;
+            assert!(!status_drifted(stage, own), "{stage}: its own status");
+            assert_eq!(consistent_statuses(stage)[0], own);
+        }
+    }
 
     #[test]
     fn strip_html_keeps_the_words() {
