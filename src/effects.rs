@@ -8,6 +8,7 @@
 pub mod branch;
 pub mod checkout;
 pub mod deploy;
+pub mod deploy_agent;
 pub mod markers;
 pub mod ratchet;
 

@@ -9,7 +9,7 @@ mod support;
 
 use orchestrator::db::{deploys, jobs, now_ms};
 use orchestrator::domain::{EffectKind, Stage};
-use orchestrator::effects::deploy::{ALREADY_IN_MAIN, NO_DEPLOY_COMMAND};
+use orchestrator::effects::deploy::ALREADY_IN_MAIN;
 use orchestrator::events::PrMerged;
 use orchestrator::loops::post_deploy::{self, PostDeployStats};
 use orchestrator::pipeline::status::Handled;
@@ -73,7 +73,11 @@ async fn confirm_deploy_merges_for_real_then_monitors_then_done() {
         .collect();
     assert_eq!(kinds, [("merge_pr", "done"), ("prod_deploy", "done")]);
     assert_eq!(rows[0].result.as_deref(), Some(merge.as_str()));
-    assert_eq!(rows[1].result.as_deref(), Some(NO_DEPLOY_COMMAND));
+    // No deploy_command: the deployer agent deployed (tests/deploy_agent.rs).
+    assert_eq!(
+        rows[1].result.as_deref(),
+        Some("deploy_status: SUCCESS (deployer agent)")
+    );
 
     // Deploying before the merge, Monitoring after done (the window armed
     // first), a comment naming the merge commit.

@@ -59,8 +59,12 @@ async fn world(project_extra: &str) -> World {
         ("ORCH_GITEA_BASE_URL", gitea.base_url()),
         ("ORCH_GITEA_TOKEN", "tok".into()),
         ("ORCH_GITEA_WEBHOOK_SECRET", GSECRET.into()),
-        // No agent ever runs here; the monitor's window is short.
-        ("ORCH_AGENT_COMMAND", "true".into()),
+        // No worker agent runs here (the monitor's window is short); the
+        // production deploy without a deploy_command is the agent's.
+        (
+            "ORCH_AGENT_COMMAND",
+            support::runtime::agent("contract-agent.sh"),
+        ),
         ("ORCH_WORKER_POLL_INTERVAL_MS", "3600000".into()),
         ("ORCH_REAPER_ENABLED", "false".into()),
         ("ORCH_RECONCILER_ENABLED", "false".into()),

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use super::runtime::{RunPaths, Runtime};
-use crate::config::Project;
+use crate::config::{Project, Settings};
 use crate::db::jobs::{self, JobRow};
 use crate::db::runs::{self, NewRun};
 use crate::db::tasks::TaskRow;
@@ -22,7 +22,7 @@ pub struct AgentSpec {
 }
 
 /// Project override of the role first, then the global defaults.
-pub fn resolve(rt: &Runtime, project: &Project, role: &str) -> AgentSpec {
+pub fn resolve(settings: &Settings, project: &Project, role: &str) -> AgentSpec {
     let o = project.agents.get(role);
     let pick = |v: Option<&Option<String>>, default: &str| {
         v.and_then(|x| x.clone())
@@ -30,9 +30,9 @@ pub fn resolve(rt: &Runtime, project: &Project, role: &str) -> AgentSpec {
             .unwrap_or_else(|| default.to_string())
     };
     AgentSpec {
-        command: pick(o.map(|o| &o.command), &rt.settings.agent_command),
-        model: pick(o.map(|o| &o.model), &rt.settings.agent_model),
-        effort: pick(o.map(|o| &o.effort), &rt.settings.agent_effort),
+        command: pick(o.map(|o| &o.command), &settings.agent_command),
+        model: pick(o.map(|o| &o.model), &settings.agent_model),
+        effort: pick(o.map(|o| &o.effort), &settings.agent_effort),
     }
 }
 
@@ -69,7 +69,7 @@ pub async fn launch(
     worktree: &Path,
     prompt: &str,
 ) -> Result<Launched, LaunchError> {
-    let spec = resolve(rt, project, &job.role);
+    let spec = resolve(&rt.settings, project, &job.role);
     let paths = rt.run_paths(&task.work_item, job);
     let files = |source| LaunchError::Files {
         path: paths.dir.display().to_string(),

@@ -250,21 +250,11 @@ async fn read_log(path: &std::path::Path) -> String {
 /// Prices for a run: output that names no model (Codex) is priced as the
 /// role's configured model when the table knows it, not the table's default.
 fn prices_for(rt: &Runtime, project: Option<&str>, role: &str) -> usage::PriceTable {
-    let mut prices = usage::PriceTable::default();
     let model = project
         .and_then(|p| rt.project(p))
-        .map(|p| super::launcher::resolve(rt, p, role).model)
+        .map(|p| super::launcher::resolve(&rt.settings, p, role).model)
         .unwrap_or_else(|| rt.settings.agent_model.clone());
-    let known = prices
-        .models
-        .keys()
-        .filter(|k| !model.is_empty() && model.starts_with(k.as_str()))
-        .max_by_key(|k| k.len())
-        .cloned();
-    if let Some(k) = known {
-        prices.default_model = k;
-    }
-    prices
+    usage::PriceTable::for_model(&model)
 }
 
 async fn work_item_of(rt: &Runtime, job: &JobRow) -> String {

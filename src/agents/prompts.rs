@@ -51,8 +51,25 @@ pub const ROLES: &[RoleContract] = &[
     },
 ];
 
+/// The deployer at the deploy stage deploys to production (F-23) when the
+/// project has no `deploy_command`; at deploy-staging it deploys to staging.
+pub const PRODUCTION_DEPLOYER: RoleContract = RoleContract {
+    role: "deployer",
+    task: "The branch is merged into the default branch. Deploy the default branch to PRODUCTION with the project's usual procedure, check that the service is healthy, and report what you did. Deploy only this commit, once; if anything fails, stop and report FAILURE: do not retry blindly.",
+    artifact: "15-deploy-report.md",
+    verdict: "deploy_status: SUCCESS|FAILURE",
+};
+
 pub fn contract(role: &str) -> Option<&'static RoleContract> {
     ROLES.iter().find(|r| r.role == role)
+}
+
+/// The contract of `role` at `stage` (the deployer has two).
+pub fn contract_at(role: &str, stage: &str) -> Option<&'static RoleContract> {
+    if role == "deployer" && stage == crate::domain::Stage::Deploy.as_str() {
+        return Some(&PRODUCTION_DEPLOYER);
+    }
+    contract(role)
 }
 
 pub struct PromptInput<'a> {
@@ -115,7 +132,7 @@ pub fn strip_html(html: &str) -> String {
 
 pub fn compose(p: &PromptInput<'_>) -> String {
     let mut s = String::new();
-    let c = contract(p.role);
+    let c = contract_at(p.role, p.stage);
     s.push_str(&format!(
         "# You are the {} of work item {}\n\n",
         p.role, p.work_item
@@ -214,6 +231,29 @@ mod tests {
                 attempt: 1,
             }
         }
+    }
+
+    #[test]
+    fn the_deployer_at_deploy_reports_the_production_verdict() {
+        let arts = BTreeMap::new();
+        let staging = compose(&PromptInput {
+            role: "deployer",
+            stage: "deploy-staging",
+            ..PromptInputDefaults::get(&arts)
+        });
+        let prod = compose(&PromptInput {
+            role: "deployer",
+            stage: "deploy",
+            ..PromptInputDefaults::get(&arts)
+        });
+        assert!(
+            staging.contains("staging_status: SUCCESS|FAILURE")
+                && !staging.contains("deploy_status")
+        );
+        assert!(
+            prod.contains("15-deploy-report.md") && prod.contains("deploy_status: SUCCESS|FAILURE")
+        );
+        assert!(prod.contains("PRODUCTION") && !prod.contains("staging_status"));
     }
 
     #[test]

@@ -136,6 +136,22 @@ impl Default for PriceTable {
 }
 
 impl PriceTable {
+    /// The default table, pricing output that names no model (Codex) as
+    /// `model` (the role's configured model) when the table knows it.
+    pub fn for_model(model: &str) -> Self {
+        let mut prices = Self::default();
+        let known = prices
+            .models
+            .keys()
+            .filter(|k| !model.is_empty() && model.starts_with(k.as_str()))
+            .max_by_key(|k| k.len())
+            .cloned();
+        if let Some(k) = known {
+            prices.default_model = k;
+        }
+        prices
+    }
+
     /// The price of `model`: exact name, else the longest listed name the
     /// model starts with (`claude-sonnet-4-5-20250929` → `claude-sonnet-4-5`),
     /// else the default model. None when the default is not listed either.

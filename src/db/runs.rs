@@ -122,6 +122,41 @@ pub async fn record_usage<'e>(
     Ok(())
 }
 
+/// A run made inside an effect, not by the worker (the production deployer
+/// agent, F-23). Written after it ended, with a finished job row of its own
+/// claimed by `who`, in one transaction: the run's cost counts like any
+/// other run's (B-7, F-26), and no loop ever picks the job up.
+pub async fn record_effect_run(
+    db: &super::Db,
+    r: &NewRun<'_>,
+    exit_code: i64,
+    finished_at: i64,
+    usage: &UsageRow,
+    who: &str,
+) -> Result<i64, sqlx::Error> {
+    let mut tx = db.begin_write().await?;
+    let status = if exit_code == 0 { "done" } else { "failed" };
+    let job_id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (task_id, stage, role, status, attempt, claimed_by, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(r.task_id)
+    .bind(r.stage)
+    .bind(r.role)
+    .bind(status)
+    .bind(r.attempt)
+    .bind(who)
+    .bind(r.started_at)
+    .bind(finished_at)
+    .fetch_one(&mut *tx)
+    .await?;
+    let run_id = insert(&mut *tx, &NewRun { job_id, ..*r }).await?;
+    record_exit(&mut *tx, run_id, exit_code, finished_at).await?;
+    record_usage(&mut *tx, run_id, usage).await?;
+    tx.commit().await?;
+    Ok(run_id)
+}
+
 /// The newest run of a job.
 pub async fn latest_for_job<'e>(
     ex: impl Executor<'e, Database = Sqlite>,

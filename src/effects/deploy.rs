@@ -8,7 +8,8 @@
 //!   recorded before the merge already in main? Without a forge the merge is
 //!   a local `git merge --no-ff` pushed normally (B-10).
 //! - `prod_deploy`: the project's `deploy_command` in the deploy clone at the
-//!   merged default branch, in its own process group with a timeout.
+//!   merged default branch, in its own process group with a timeout; without
+//!   one, the deployer agent (`deploy_agent.rs`).
 //!   A deploy is not idempotent and cannot be asked whether it happened: its
 //!   `reconcile` trusts only a marker written after success (see
 //!   `docs/adr/0005-deploy-path.md` for the trade-off).
@@ -398,9 +399,6 @@ impl MergePr {
 // prod_deploy
 // ---------------------------------------------------------------------------
 
-/// The result when the project has no `deploy_command`.
-pub const NO_DEPLOY_COMMAND: &str = "no deploy command: nothing to run";
-
 pub struct ProdDeploy(pub DeployDeps);
 
 #[async_trait]
@@ -428,9 +426,9 @@ impl Effect for ProdDeploy {
         let wi = &ctx.task.work_item;
         let command = project.deploy_command.trim();
         if command.is_empty() {
-            // The deployer-agent path for production is a later step.
-            tracing::warn!(work_item = %wi, project = %project.name, "no deploy_command: the production deploy ran nothing");
-            return Ok(NO_DEPLOY_COMMAND.to_string());
+            let result = super::deploy_agent::deploy(&self.0, ctx, project).await?;
+            self.mark_done(ctx, &result, "").await;
+            return Ok(result);
         }
         let c = &self.0.checkouts;
         let _held = c.lock(&project.name).await;
@@ -487,16 +485,22 @@ impl Effect for ProdDeploy {
             )));
         }
         let result = "deploy_status: SUCCESS".to_string();
-        // After success only: without it, a restart re-runs the deploy.
+        self.mark_done(ctx, &result, &commit).await;
+        Ok(result)
+    }
+}
+
+impl ProdDeploy {
+    /// After success only: without the marker, a restart re-runs the deploy.
+    async fn mark_done(&self, ctx: &EffectCtx, result: &str, commit: &str) {
         if let Err(e) = write_durably(
             &self.0.marker(&ctx.transition_key, ".done"),
             &format!("{result}\ncommit: {commit}\n"),
         )
         .await
         {
-            tracing::warn!(work_item = %wi, error = %e, "deploy marker not written: a crash before the stage write would re-run the deploy");
+            tracing::warn!(work_item = %ctx.task.work_item, error = %e, "deploy marker not written: a crash before the stage write would re-run the deploy");
         }
-        Ok(result)
     }
 }
 

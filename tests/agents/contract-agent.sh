@@ -21,7 +21,14 @@ case "$ORCH_ROLE" in
              printf '# Review\n\nverdict: %s\n' "$v" > "$dir/11-review.md" ;;
   tester)    if [ $fail = 1 ]; then r=FAIL; else r=PASS; fi
              printf '# Tests\n\nresult: %s\nstatus: %s\ntests_run: 4\n' "$r" "$r" > "$dir/13-test-report.md" ;;
-  deployer)  printf '# Staging\n\nstaging_status: SUCCESS\n' > "$dir/14-staging-report.md" ;;
+  deployer)  if [ "$ORCH_STAGE" = deploy ]; then
+               # Production (no deploy_command): AGENT_DEPLOY_LOG counts deploys.
+               if [ $fail = 1 ]; then s=FAILURE; else s=SUCCESS; fi
+               if [ -n "${AGENT_DEPLOY_LOG:-}" ]; then echo "$ORCH_WORK_ITEM" >> "$AGENT_DEPLOY_LOG"; fi
+               printf '# Production deploy\n\ndeploy_status: %s\n' "$s" > "$dir/15-deploy-report.md"
+             else
+               printf '# Staging\n\nstaging_status: SUCCESS\n' > "$dir/14-staging-report.md"
+             fi ;;
 esac
 echo '{"type":"system","subtype":"init","model":"claude-sonnet-4-5"}'
 echo '{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0.25,"usage":{"input_tokens":10,"output_tokens":200,"cache_creation_input_tokens":1000,"cache_read_input_tokens":5000}}'

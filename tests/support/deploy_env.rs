@@ -72,6 +72,11 @@ impl DeployEnv {
                 dir.path().join("ws").display().to_string(),
             ),
             ("ORCH_AGENT_KILL_GRACE_S".into(), "1".into()),
+            // Without a deploy_command the deployer agent deploys (F-23).
+            (
+                "ORCH_AGENT_COMMAND".into(),
+                super::runtime::agent("contract-agent.sh"),
+            ),
         ];
         if forge {
             pairs.push(("ORCH_GITEA_BASE_URL".into(), gitea.base_url()));
