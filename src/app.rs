@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::http::{self, AppState, Metrics};
 use crate::intake::{Intake, Replay};
-use crate::notify::LogNotifier;
+use crate::notify::{Dedup, LogNotifier, Notifier};
 use crate::pipeline::Pipeline;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger, Supervisor};
 use crate::stage_engine::{Boot, Engine};
@@ -52,11 +52,23 @@ pub fn instance_lock(db_path: &Path) -> anyhow::Result<InstanceLock> {
     Ok(InstanceLock { _lock: lock, path })
 }
 
+/// The daemon's alert channel (F-27): the log, behind the deduplicating
+/// layer whose state is in the database (`ORCH_ALERT_DEDUP_WINDOW_S`).
+/// Every notifier of a process (engine, pipeline, runtime) is this one.
+pub fn alert_channel(settings: &Settings, db: &Db) -> Arc<Dedup> {
+    Arc::new(Dedup::new(
+        Arc::new(LogNotifier),
+        db.clone(),
+        Duration::from_secs(settings.alert_dedup_window_s),
+    ))
+}
+
 /// The pipeline over the real clients (F-03, F-07): Plane and Gitea when
 /// their base URLs are set, else a tracker and a forge that do nothing.
 pub fn build_pipeline(settings: Arc<Settings>, db: Db, engine: Engine) -> Pipeline {
     let workspace = crate::git::Workspace::new(&settings.workspace_root);
-    build_pipeline_with(settings, db, engine, workspace)
+    let alerts = alert_channel(&settings, &db);
+    build_pipeline_with(settings, db, engine, workspace, alerts)
 }
 
 /// [`build_pipeline`] over the runtime's workspace: one instance, so its
@@ -66,11 +78,12 @@ pub fn build_pipeline_with(
     db: Db,
     engine: Engine,
     workspace: crate::git::Workspace,
+    notifier: Arc<dyn Notifier>,
 ) -> Pipeline {
     Pipeline {
         tracker: clients::plane::tracker_from_settings(&settings),
         forge: clients::gitea::forge_from_settings(&settings),
-        notifier: Arc::new(LogNotifier),
+        notifier,
         engine,
         db,
         settings,
@@ -99,10 +112,15 @@ pub async fn replay(settings: Settings, delivery_id: &str, force: bool) -> anyho
         .await
         .with_context(|| format!("opening the database {}", db_path.display()))?;
     // The daemon's effects: a replayed Confirm Deploy must really merge.
+    // Its alerts share the daemon's dedup state (the same table).
+    let alerts = alert_channel(&settings, &db);
     let engine = Engine::builder(db.clone(), Boot::new())
         .effects(daemon_effects(&settings, &db))
+        .notifier(alerts.clone())
         .build();
-    let intake = Intake::new(build_pipeline(settings, db.clone(), engine));
+    let workspace = crate::git::Workspace::new(&settings.workspace_root);
+    let pipeline = build_pipeline_with(settings, db.clone(), engine, workspace, alerts);
+    let intake = Intake::new(pipeline);
     let out = intake.replay(delivery_id, force).await;
     db.close().await;
     Ok(out?)
@@ -152,9 +170,12 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         settings: settings.clone(),
         workspace: workspace.clone(),
     };
+    // F-27: every alert of the daemon goes through one dedup layer.
+    let alerts = alert_channel(&settings, &db);
     let engine = Engine::builder(db.clone(), boot)
         .inputs(Arc::new(inputs))
         .effects(daemon_effects(&settings, &db))
+        .notifier(alerts.clone())
         .build();
     let recovery = engine
         .recover_on_startup()
@@ -173,6 +194,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         db.clone(),
         engine.clone(),
         workspace.clone(),
+        alerts.clone(),
     );
     for (task_id, out) in &recovery.resumed_tasks {
         if let Err(e) = pipeline.after_move(*task_id, out).await {
@@ -197,13 +219,14 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         settings: settings.clone(),
         workspace,
         pipeline,
-        notifier: Arc::new(LogNotifier),
+        notifier: alerts.clone(),
         clock: crate::clock::Clock::new(),
         boot_id: engine.boot().boot_id.clone(),
         shutdown: stop.clone(),
         merge_gate: Default::default(),
     };
-    let blocks = crate::loops::start(&rt, &mut supervisor).await?;
+    let mut blocks = crate::loops::start(&rt, &mut supervisor).await?;
+    blocks.push(alerts);
     let state = AppState {
         settings: settings.clone(),
         db: db.clone(),

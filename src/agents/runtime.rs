@@ -66,6 +66,7 @@ impl Runtime {
                 kind,
                 work_item: Some(work_item.to_string()),
                 message,
+                key: None,
             })
             .await;
     }

@@ -316,6 +316,7 @@ impl<'a> Fields<'a> {
             deploy_timeout_s: self.positive("deploy_timeout_s", d.deploy_timeout_s),
             reaper_enabled: self.or_default("reaper_enabled", d.reaper_enabled),
             reconciler_enabled: self.or_default("reconciler_enabled", d.reconciler_enabled),
+            alert_dedup_window_s: self.or_default("alert_dedup_window_s", d.alert_dedup_window_s),
             plane,
             projects,
         };

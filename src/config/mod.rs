@@ -300,6 +300,9 @@ pub struct Settings {
     /// Reaper/reconciler loops on or off (F-15, F-16).
     pub reaper_enabled: bool,
     pub reconciler_enabled: bool,
+    /// Repeats of one alert (kind, work item, key) within this window are
+    /// counted, not sent; 0 = no dedup (F-27).
+    pub alert_dedup_window_s: u64,
 
     pub plane: PlaneTable,
     pub projects: Vec<Project>,
@@ -357,6 +360,7 @@ impl Default for Settings {
             deploy_timeout_s: 1800,
             reaper_enabled: true,
             reconciler_enabled: true,
+            alert_dedup_window_s: 3600,
             plane: PlaneTable::default(),
             projects: Vec::new(),
         }

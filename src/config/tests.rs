@@ -186,3 +186,21 @@ fn database_url_forms() {
     );
     assert_eq!(database_path("/var/o.db"), PathBuf::from("/var/o.db"));
 }
+
+#[test]
+fn alert_dedup_window_defaults_allows_zero_and_falls_back_when_invalid() {
+    let (s, _) = Settings::load(&env(&[])).unwrap();
+    assert_eq!(s.alert_dedup_window_s, 3600);
+    let (s, r) = Settings::load(&env(&[("ORCH_ALERT_DEDUP_WINDOW_S", "0")])).unwrap();
+    assert_eq!(s.alert_dedup_window_s, 0, "0 = no dedup");
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    for bad in ["-5", "hourly", "1.5"] {
+        let (s, r) = Settings::load(&env(&[("ORCH_ALERT_DEDUP_WINDOW_S", bad)])).unwrap();
+        assert_eq!(s.alert_dedup_window_s, 3600, "{bad}");
+        let all = r.warnings.join("\n");
+        assert!(
+            all.contains("ORCH_ALERT_DEDUP_WINDOW_S") && all.contains("3600"),
+            "{bad}: {all}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! upgrades to a write meets SQLITE_BUSY without waiting, while IMMEDIATE
 //! takes the write lock up front and honours `busy_timeout`.
 
+pub mod alerts;
 pub mod deliveries;
 pub mod deploys;
 pub mod effects;

@@ -1,8 +1,14 @@
 //! Alerts and the tracker card go through one `Notifier` port. Until the
-//! Telegram adapter lands, the log is the channel.
+//! Telegram adapter lands, the log is the channel. The daemon wraps its
+//! channel in [`Dedup`] (F-27): a repeat of the same alert within
+//! `ORCH_ALERT_DEDUP_WINDOW_S` is counted, not sent.
+
+pub mod dedup;
 
 use async_trait::async_trait;
 use serde::Serialize;
+
+pub use dedup::Dedup;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Alert {
@@ -10,6 +16,10 @@ pub struct Alert {
     pub kind: &'static str,
     pub work_item: Option<String>,
     pub message: String,
+    /// What makes two alerts of one kind and work item different conditions
+    /// for [`Dedup`] (a task id, an effect kind). `None`: kind and work item
+    /// alone. Never the message, which carries volatile details.
+    pub key: Option<String>,
 }
 
 #[async_trait]

@@ -392,6 +392,9 @@ impl Pipeline {
                 kind: "stop",
                 work_item: Some(task.work_item.clone()),
                 message,
+                // Each STOP notifies once already; a STOP of a later task of
+                // the same work item is a new one (F-27 dedup).
+                key: Some(format!("task {}", task.id)),
             })
             .await;
         if let Some(item) = self.tracker_ref(task) {

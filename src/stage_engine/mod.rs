@@ -225,12 +225,24 @@ impl Engine {
     }
 
     async fn alert(&self, kind: &'static str, work_item: Option<String>, message: String) {
+        self.alert_keyed(kind, work_item, None, message).await;
+    }
+
+    /// An alert with an explicit dedup key (F-27, `notify::Dedup`).
+    async fn alert_keyed(
+        &self,
+        kind: &'static str,
+        work_item: Option<String>,
+        key: Option<String>,
+        message: String,
+    ) {
         self.0
             .notifier
             .alert(Alert {
                 kind,
                 work_item,
                 message,
+                key,
             })
             .await;
     }
@@ -495,9 +507,13 @@ impl Engine {
                     Some(&format!("{}: {msg}", kind.as_str())),
                 )
                 .await?;
-                self.alert(
+                // One condition per transition and effect: a retry that
+                // fails again (the reconciler's sweep of a STOP, every tick)
+                // is a repeat; a later pass or a fresh task is not.
+                self.alert_keyed(
                     "effect_failed",
                     Some(task.work_item.clone()),
+                    Some(format!("{key} {}", kind.as_str())),
                     format!(
                         "{} {key}: {} failed, task held: {msg}",
                         task.work_item,
