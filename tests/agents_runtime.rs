@@ -373,8 +373,55 @@ async fn concurrency_limits_hold_with_twenty_tasks_across_three_projects() {
     );
 }
 
-/// A finished run with its exit recorded `age_ms` ago, and its job running.
-async fn finished_job(h: &Harness, wi: &str, age_ms: i64) -> (i64, i64) {
+/// Keeps tokio's paused clock from auto-advancing while it lives. A paused
+/// current-thread runtime that has nothing to run jumps its clock to the
+/// next timer, and sqlx awaits its SQLite worker thread inside
+/// `acquire_timeout`: the jump fires the timeout (`PoolTimedOut`) and moves
+/// the reaper's clock by an arbitrary amount. A blocking task inhibits the
+/// auto-advance (tokio: "Preventing auto-advance" in `time::pause`), so
+/// the clock moves only by `tokio::time::advance`.
+struct NoAutoAdvance {
+    _open: std::sync::mpsc::Sender<()>,
+}
+
+impl NoAutoAdvance {
+    fn hold() -> NoAutoAdvance {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // Ends when the guard (the sender) is dropped.
+        tokio::task::spawn_blocking(move || while rx.recv().is_ok() {});
+        NoAutoAdvance { _open: tx }
+    }
+}
+
+/// A finished run whose exit the monitor recorded now (on the runtime's
+/// clock), its job still running and unclaimed: the monitor died before it
+/// claimed the job.
+async fn finished_job(h: &Harness, wi: &str) -> (i64, i64) {
+    let (id, job) = running_job(h, wi).await;
+    let now = h.rt.clock.now_ms();
+    let run = runs::insert(
+        h.db.writer(),
+        &runs::NewRun {
+            job_id: job,
+            task_id: id,
+            role: "analyst",
+            stage: "analysis",
+            attempt: 1,
+            model: "",
+            effort: "",
+            command: "",
+            log_path: "",
+            started_at: now,
+        },
+    )
+    .await
+    .unwrap();
+    runs::record_exit(h.db.writer(), run, 0, now).await.unwrap();
+    (id, job)
+}
+
+/// A task at analysis whose analyst job was started now.
+async fn running_job(h: &Harness, wi: &str) -> (i64, i64) {
     let id = h.task("demo", wi).await;
     h.rt.pipeline.advance(id, "test").await.unwrap(); // analysis + analyst job queued
     let job = jobs::active_for_task(h.db.reader(), id)
@@ -386,62 +433,52 @@ async fn finished_job(h: &Harness, wi: &str, age_ms: i64) -> (i64, i64) {
             .await
             .unwrap()
     );
-    let run = runs::insert(
-        h.db.writer(),
-        &runs::NewRun {
-            job_id: job.id,
-            task_id: id,
-            role: "analyst",
-            stage: "analysis",
-            attempt: 1,
-            model: "",
-            effort: "",
-            command: "",
-            log_path: "",
-            started_at: h.rt.clock.now_ms() - age_ms - 1000,
-        },
-    )
-    .await
-    .unwrap();
-    runs::record_exit(h.db.writer(), run, 0, h.rt.clock.now_ms() - age_ms)
-        .await
-        .unwrap();
     (id, job.id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reaper_tier2_boundaries_claims_and_late_monitor() {
-    // Grace 300 s (the default). Exit recorded 299 s ago: not reaped;
-    // 301 s ago: reaped; no exit code: never tier 2.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn reaper_tier2_boundaries_on_the_paused_clock() {
+    // Grace 300 s (the default). Nothing is back-dated: every row is stamped
+    // with the runtime's clock and the test advances tokio's paused clock.
+    let _hold = NoAutoAdvance::hold();
     let h = Harness::new(&["demo"], &[]).await;
     let stats = Arc::new(reaper::ReaperStats::default());
-    let (young_task, young) = finished_job(&h, "DEMO-6", 299_000).await;
-    let (old_task, old) = finished_job(&h, "DEMO-7", 301_000).await;
-    let no_exit_task = h.task("demo", "DEMO-8").await;
-    h.rt.pipeline.advance(no_exit_task, "test").await.unwrap();
-    let no_exit = jobs::active_for_task(h.db.reader(), no_exit_task)
-        .await
-        .unwrap()
-        .unwrap();
-    jobs::start(
-        h.db.writer(),
-        no_exit.id,
-        &h.rt.boot_id,
-        h.rt.clock.now_ms() - 400_000,
-    )
-    .await
-    .unwrap();
-
-    reaper::tick(&h.rt, &stats).await.unwrap();
-    assert_eq!(stats.tier2_reaped.load(Ordering::Relaxed), 1);
+    let tier2 = || stats.tier2_reaped.load(Ordering::Relaxed);
     let db = h.db.clone();
     let get = |id| {
         let db = db.clone();
         async move { jobs::get(db.reader(), id).await.unwrap().unwrap() }
     };
-    assert_eq!(get(old).await.claimed_by.as_deref(), Some("reaper"));
-    assert_eq!(get(old).await.status, "done");
-    let retry = jobs::active_for_task(h.db.reader(), old_task)
+    let t0 = h.rt.clock.now_ms();
+    let (first_task, first) = finished_job(&h, "DEMO-6").await;
+    let (_, no_exit) = running_job(&h, "DEMO-8").await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let (_, second) = finished_job(&h, "DEMO-7").await;
+
+    // Grace - 1 s for the first exit: nothing is reaped.
+    tokio::time::advance(Duration::from_secs(297)).await;
+    assert_eq!(
+        h.rt.clock.now_ms() - t0,
+        299_000,
+        "the clock moved by itself"
+    );
+    reaper::tick(&h.rt, &stats).await.unwrap();
+    assert_eq!(tier2(), 0);
+    assert_eq!(
+        get(first).await.status,
+        "running",
+        "inside the grace: a live monitor may still be publishing"
+    );
+
+    // Grace + 1 s for the first, grace - 1 s for the second.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    reaper::tick(&h.rt, &stats).await.unwrap();
+    assert_eq!(tier2(), 1);
+    assert_eq!(get(first).await.claimed_by.as_deref(), Some("reaper"));
+    assert_eq!(get(first).await.status, "done");
+    assert_eq!(get(second).await.status, "running");
+    assert!(get(second).await.claimed_by.is_none());
+    let retry = jobs::active_for_task(h.db.reader(), first_task)
         .await
         .unwrap()
         .unwrap();
@@ -451,33 +488,38 @@ async fn reaper_tier2_boundaries_claims_and_late_monitor() {
     );
     assert!(
         h.tracker
-            .comment_keys("DEMO-7")
+            .comment_keys("DEMO-6")
             .iter()
             .all(|k| !k.starts_with("approval:"))
     );
-    assert_eq!(
-        get(young).await.status,
-        "running",
-        "inside the grace: a live monitor may still be publishing"
-    );
-    assert_eq!(
-        get(no_exit.id).await.status,
-        "running",
-        "no exit code: never tier 2"
-    );
-    let _ = (young_task, old_task);
+
+    // Grace + 1 s for the second.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    reaper::tick(&h.rt, &stats).await.unwrap();
+    assert_eq!(tier2(), 2);
+    assert_eq!(get(second).await.claimed_by.as_deref(), Some("reaper"));
+    assert_eq!(h.rt.clock.now_ms() - t0, 303_000);
+
+    // No exit code: never tier 2, however long it runs (below tier 3).
+    assert_eq!(get(no_exit).await.status, "running");
+    assert!(get(no_exit).await.claimed_by.is_none());
+    assert_eq!(stats.tier3_killed.load(Ordering::Relaxed), 0);
 
     // A late monitor after the reap: the claim changes 0 rows, nothing moves.
-    let jobs_before = job_rows(&h, old_task).await.len();
-    assert!(!monitor::complete(&h.rt, old, "monitor").await.unwrap());
+    let jobs_before = job_rows(&h, first_task).await.len();
+    assert!(!monitor::complete(&h.rt, first, "monitor").await.unwrap());
     assert_eq!(
-        job_rows(&h, old_task).await.len(),
+        job_rows(&h, first_task).await.len(),
         jobs_before,
         "no second enqueue"
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_reapers_make_exactly_one_claim() {
     // N reapers in parallel on one finished job: exactly one claim.
-    let (_, contested) = finished_job(&h, "DEMO-9", 400_000).await;
+    let h = Harness::new(&["demo"], &[]).await;
+    let (_, contested) = finished_job(&h, "DEMO-9").await;
     let wins = Arc::new(AtomicU64::new(0));
     let mut hs = Vec::new();
     for i in 0..8 {
