@@ -5,6 +5,7 @@
 //! Every kind starts as `NoopEffect` (`stage_engine::noop_effects`) and is
 //! replaced here as its capability lands, so a kind is never missing.
 
+pub mod adopt;
 pub mod branch;
 pub mod checkout;
 pub mod deploy;

@@ -556,3 +556,98 @@ fn deploy_settings_have_defaults_and_fall_back_when_invalid() {
     let s = support::settings_in(dir.path(), &[("ORCH_DEPLOY_TIMEOUT_S", "30")]);
     assert_eq!(s.deploy_timeout_s, 30);
 }
+
+/// A `prod_deploy` planned by a holder that died with its deploy running,
+/// as recovery finds it: the row planned, the wrapper's records on disk.
+async fn planned_deploy(e: &DeployEnv, id: i64) -> std::path::PathBuf {
+    use orchestrator::db::effects::{Planned, insert_planned};
+    let key = orchestrator::stage_engine::transition_key(id, Stage::Deploy, Stage::Done, 5);
+    insert_planned(
+        e.db.writer(),
+        &Planned {
+            task_id: id,
+            key: &key,
+            from: Stage::Deploy,
+            to: Stage::Done,
+            version: 5,
+            kind: EffectKind::ProdDeploy.as_str(),
+            holder: "a dead boot",
+        },
+    )
+    .await
+    .unwrap();
+    std::fs::create_dir_all(e.marker_dir()).unwrap();
+    e.marker_dir()
+        .join(orchestrator::effects::markers::safe_name(&key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_that_outlived_its_daemon_is_adopted_not_run_twice() {
+    use std::os::unix::process::CommandExt;
+    let flag = tempfile::tempdir().unwrap();
+    let runs = flag.path().join("runs");
+    let cmd = format!("echo run >> {}", runs.display());
+    let e = DeployEnv::new(true, &format!("deploy_command = '{cmd}'"), &[]).await;
+    let ran = || {
+        std::fs::read_to_string(&runs)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+
+    // Still running after the restart, then exit 0: waited for, not re-run.
+    let (id, _) = e.task_at("deploy", 8).await;
+    let base = planned_deploy(&e, id).await.display().to_string();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("sleep 1; printf 0 > {base}.exit"))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::fs::write(format!("{base}.pgid"), child.id().to_string()).unwrap();
+    let out = e
+        .pipeline
+        .confirm_deploy(id, "plane-webhook")
+        .await
+        .unwrap();
+    assert!(advanced_to_done(&out), "{out:?}");
+    assert_eq!(ran(), 0, "the adopted deploy was not run again");
+    assert!(child.try_wait().unwrap().is_some(), "it was waited for");
+    let rows = e.effect_rows(id).await;
+    let deploy = rows.iter().find(|r| r.kind == "prod_deploy").unwrap();
+    assert!(
+        deploy
+            .result
+            .as_deref()
+            .is_some_and(|r| r.contains("started before a restart")),
+        "{rows:?}"
+    );
+
+    // Ended with exit 3 while the daemon was down: a FAILURE that holds;
+    // Confirm Deploy again deploys afresh, once.
+    let (id, _) = e.task_at("deploy", 9).await;
+    let base = planned_deploy(&e, id).await.display().to_string();
+    let gone = std::process::Command::new("true").spawn().unwrap().id();
+    std::fs::write(format!("{base}.pgid"), gone.to_string()).unwrap();
+    std::fs::write(format!("{base}.exit"), "3").unwrap();
+    let out = e
+        .pipeline
+        .confirm_deploy(id, "plane-webhook")
+        .await
+        .unwrap();
+    let Outcome::EffectFailed { kind, error, .. } = &out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*kind, EffectKind::ProdDeploy);
+    assert!(
+        error.contains("started before a restart") && error.contains("Exited(3)"),
+        "{error}"
+    );
+    assert_eq!((e.task(id).await.stage, ran()), (Stage::Deploy, 0));
+    let out = e
+        .pipeline
+        .confirm_deploy(id, "plane-webhook")
+        .await
+        .unwrap();
+    assert!(advanced_to_done(&out), "{out:?}");
+    assert_eq!(ran(), 1, "deployed afresh, once");
+}

@@ -101,6 +101,20 @@ impl DeployDeps {
         command: &str,
         timeout: Duration,
     ) -> Result<proc_group::Outcome, proc_group::ProcError> {
+        let spec = self.command_spec(ctx, project, cwd, command);
+        let grace = Duration::from_secs(self.settings.agent_kill_grace_s);
+        proc_group::run(&spec, timeout, grace).await
+    }
+
+    /// What `run_command` runs: the command in `cwd`, with the agent
+    /// contract's variables, without the daemon's secrets, output captured.
+    pub(crate) fn command_spec(
+        &self,
+        ctx: &EffectCtx,
+        project: &Project,
+        cwd: &Path,
+        command: &str,
+    ) -> proc_group::Spec {
         let t = &ctx.task;
         let mut env = vec![
             ("ORCH_ROLE".to_string(), "deployer".to_string()),
@@ -121,7 +135,7 @@ impl DeployDeps {
                 dir.to_string_lossy().into_owned(),
             ));
         }
-        let spec = proc_group::Spec {
+        proc_group::Spec {
             command: command.to_string(),
             cwd: cwd.to_path_buf(),
             env,
@@ -130,9 +144,7 @@ impl DeployDeps {
                 .map(|k| k.to_string())
                 .collect(),
             log: None,
-        };
-        let grace = Duration::from_secs(self.settings.agent_kill_grace_s);
-        proc_group::run(&spec, timeout, grace).await
+        }
     }
 }
 
@@ -410,15 +422,18 @@ impl Effect for ProdDeploy {
     /// a merged change that silently never reaches production.
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         match tokio::fs::read_to_string(self.0.marker(&ctx.transition_key, ".done")).await {
-            Ok(text) => Ok(Some(
-                text.lines()
-                    .next()
-                    .unwrap_or("deploy_status: SUCCESS")
-                    .to_string(),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(unknown("cannot read the deploy marker", e)),
+            Ok(text) => {
+                return Ok(Some(
+                    text.lines()
+                        .next()
+                        .unwrap_or("deploy_status: SUCCESS")
+                        .to_string(),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unknown("cannot read the deploy marker", e)),
         }
+        self.adopt(ctx).await
     }
 
     async fn apply(&self, ctx: &EffectCtx) -> Result<EffectResult, EffectError> {
@@ -446,9 +461,8 @@ impl Effect for ProdDeploy {
         let commit = c.rev(&dir, "HEAD").await.ok().flatten().unwrap_or_default();
         let timeout = Duration::from_secs(self.0.settings.deploy_timeout_s);
         tracing::info!(work_item = %wi, %commit, command, "production deploy started");
-        let run = self
-            .0
-            .run_command(ctx, project, &dir, command, timeout)
+        let spec = self.0.command_spec(ctx, project, &dir, command);
+        let run = super::adopt::run(&self.0, ctx, spec, timeout)
             .await
             .map_err(|e| {
                 failed(
@@ -491,6 +505,55 @@ impl Effect for ProdDeploy {
 }
 
 impl ProdDeploy {
+    /// A run started before a restart: wait for it and judge its recorded
+    /// exit (and, for the agent, its report) instead of deploying again.
+    async fn adopt(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
+        use super::adopt::{self, Earlier};
+        let wi = &ctx.task.work_item;
+        let ended = match adopt::earlier(&self.0, ctx).await? {
+            Earlier::None => return Ok(None),
+            Earlier::Vanished => {
+                tracing::warn!(work_item = %wi, "the deploy started before the restart vanished without an exit: deploying again");
+                return Ok(None);
+            }
+            Earlier::Exited(code) => Ended::Exited(code),
+            Earlier::TimedOut => Ended::TimedOut,
+        };
+        let project = self.0.project(ctx)?;
+        let verdict = if project.deploy_command.trim().is_empty() {
+            let report = ctx
+                .task
+                .worktree
+                .as_deref()
+                .map(|wt| artifact_dir(Path::new(wt), wi).join(DEPLOY_REPORT));
+            let text = match report {
+                Some(p) => tokio::fs::read_to_string(p).await.ok(),
+                None => None,
+            };
+            super::deploy_agent::verdict(ended, text.as_deref())
+        } else if ended == Ended::Exited(0) {
+            Ok(())
+        } else {
+            Err(format!("{ended:?}"))
+        };
+        match verdict {
+            Ok(()) => {
+                let result =
+                    "deploy_status: SUCCESS (the run started before a restart)".to_string();
+                tracing::info!(work_item = %wi, "adopted the deploy started before the restart: SUCCESS");
+                self.mark_done(ctx, &result, "").await;
+                Ok(Some(result))
+            }
+            Err(why) => {
+                // Consumed: after this hold, Confirm Deploy deploys afresh.
+                adopt::forget(&self.0, ctx).await;
+                Err(EffectError::Failed(format!(
+                    "deploy_status: FAILURE (the run started before a restart: {why})"
+                )))
+            }
+        }
+    }
+
     /// After success only: without the marker, a restart re-runs the deploy.
     async fn mark_done(&self, ctx: &EffectCtx, result: &str, commit: &str) {
         if let Err(e) = write_durably(

@@ -124,11 +124,14 @@ pub(super) async fn deploy(
         ),
     ];
     let timeout = Duration::from_secs(deps.settings.deploy_timeout_s);
-    let grace = Duration::from_secs(deps.settings.agent_kill_grace_s);
     let started = now_ms();
     tracing::info!(work_item = %wi, command = %spec.command, model = %spec.model, "production deploy by the deployer agent started");
-    let run = proc_group::run(
-        &proc_group::Spec {
+    // Adoptable: a daemon crash does not stop it, and a restart waits for it
+    // instead of deploying again (`adopt.rs`).
+    let run = super::adopt::run(
+        deps,
+        ctx,
+        proc_group::Spec {
             command: spec.command.clone(),
             cwd: wt.clone(),
             env,
@@ -139,7 +142,6 @@ pub(super) async fn deploy(
             log: Some(log.clone()),
         },
         timeout,
-        grace,
     )
     .await
     .map_err(|e| failed("the deployer agent could not start", &e))?;

@@ -41,6 +41,12 @@ pub const MARKERS: &[(&str, EffectKind)] = &[
     (".done", EffectKind::ProdDeploy),
     (".merge-head", EffectKind::MergePr),
     (".image_rebuild.done", EffectKind::ImageRebuild),
+    // The wrapper's records of a deploy run (`adopt.rs`) and the deployer
+    // agent's prompt and log (`deploy_agent.rs`).
+    (".pgid", EffectKind::ProdDeploy),
+    (".exit", EffectKind::ProdDeploy),
+    (".deployer-prompt.md", EffectKind::ProdDeploy),
+    (".deployer.log", EffectKind::ProdDeploy),
 ];
 
 /// What one sweep did.
@@ -365,7 +371,7 @@ mod tests {
         let failed = marker(&e, &failed_key, ".image_rebuild.done", old);
         // A marker of a kind whose row does not exist, and unknown files.
         let wrong_kind = marker(&e, &done_key, ".image_rebuild.done", old);
-        let unknown = marker(&e, &done_key, ".deployer.log", old);
+        let unknown = marker(&e, &done_key, ".notes.txt", old);
         let stranger = e.settings.workspace_root.join("deploys").join("notes.txt");
         std::fs::write(&stranger, "x").unwrap();
         // The deploy clones: a directory named like a marker and a clone

@@ -57,8 +57,14 @@ pub async fn env() -> Env {
             ("ORCH_GITEA_BASE_URL", &gb),
             ("ORCH_GITEA_TOKEN", "tok"),
             ("ORCH_GITEA_WEBHOOK_SECRET", GSECRET),
-            // Agents never run here: the worker's first tick finds no job
-            // and the next is an hour away; no reaper, no reconciler.
+            // Worker agents never run here: the worker's first tick finds no
+            // job and the next is an hour away; no reaper, no reconciler.
+            // Only a Confirm Deploy starts one: the production deployer
+            // (no deploy_command), which follows the contract.
+            (
+                "ORCH_AGENT_COMMAND",
+                &super::runtime::agent("contract-agent.sh"),
+            ),
             ("ORCH_WORKER_POLL_INTERVAL_MS", "3600000"),
             ("ORCH_REAPER_ENABLED", "false"),
             ("ORCH_RECONCILER_ENABLED", "false"),
