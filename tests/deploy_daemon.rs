@@ -380,7 +380,8 @@ async fn sigkill_after_the_merge_before_the_stage_write_then_restart_merges_once
     assert_eq!(
         std::fs::read_to_string(&runs).unwrap().lines().count(),
         1,
-        "one deploy: the restart adopted the running one: {}", log_of(w.dir.path())
+        "one deploy: the restart adopted the running one: {}",
+        log_of(w.dir.path())
     );
     let states = w.plane.states_of(&item);
     assert_eq!(
