@@ -597,9 +597,12 @@ async fn a_deploy_that_outlived_its_daemon_is_adopted_not_run_twice() {
     // Still running after the restart, then exit 0: waited for, not re-run.
     let (id, _) = e.task_at("deploy", 8).await;
     let base = planned_deploy(&e, id).await.display().to_string();
+    // The daemon's wrapper, as it looks after a restart: the leader of its
+    // group, with the record's path in its environment.
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("sleep 1; printf 0 > {base}.exit"))
+        .env("ORCH_DEPLOY_PGID_FILE", format!("{base}.pgid"))
         .process_group(0)
         .spawn()
         .unwrap();
@@ -626,8 +629,8 @@ async fn a_deploy_that_outlived_its_daemon_is_adopted_not_run_twice() {
     // Confirm Deploy again deploys afresh, once.
     let (id, _) = e.task_at("deploy", 9).await;
     let base = planned_deploy(&e, id).await.display().to_string();
-    let gone = std::process::Command::new("true").spawn().unwrap().id();
-    std::fs::write(format!("{base}.pgid"), gone.to_string()).unwrap();
+    // A pid that names another process now (our own): never waited for.
+    std::fs::write(format!("{base}.pgid"), std::process::id().to_string()).unwrap();
     std::fs::write(format!("{base}.exit"), "3").unwrap();
     let out = e
         .pipeline

@@ -114,7 +114,10 @@ pub async fn earlier(deps: &DeployDeps, ctx: &EffectCtx) -> Result<Earlier, Effe
     };
     let timeout = Duration::from_secs(deps.settings.deploy_timeout_s);
     let mut timed_out = false;
-    if let Some(pgid) = pgid.filter(|p| *p > 1) {
+    // Only our wrapper's group is waited for (or killed): a pid reused by
+    // an unrelated process while the daemon was down is left alone.
+    let ours = pgid.filter(|p| *p > 1 && leads_our_run(*p, &f.pgid));
+    if let Some(pgid) = ours {
         if proc_group::group_alive(pgid) {
             tracing::warn!(work_item = %ctx.task.work_item, pgid, "a deploy started before the restart still runs: waiting for it instead of deploying again");
         }
@@ -140,4 +143,16 @@ pub async fn earlier(deps: &DeployDeps, ctx: &EffectCtx) -> Result<Earlier, Effe
         }),
         Err(e) => Err(read(e, &f.exit)),
     }
+}
+
+/// Whether `pgid`'s leader is the wrapper that wrote `pgid_file`: its
+/// environment names that very file.
+fn leads_our_run(pgid: i32, pgid_file: &std::path::Path) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pgid}/environ")) else {
+        return false;
+    };
+    let want = format!("ORCH_DEPLOY_PGID_FILE={}", pgid_file.display());
+    environ
+        .split(|b| *b == 0)
+        .any(|entry| entry == want.as_bytes())
 }
