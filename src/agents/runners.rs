@@ -143,11 +143,7 @@ pub async fn run(
     let grace = Duration::from_secs(rt.settings.agent_kill_grace_s);
     // The group id goes on the job, like an agent's: a STOP (F-25), tier 3
     // and a restarted daemon stop a built-in by it.
-    let record_pgid = |pgid: i32| async move {
-        if let Err(e) = jobs::set_pgid(rt.db.writer(), job.id, i64::from(pgid)).await {
-            tracing::warn!(job = job.id, pgid, error = %e, "runner's group id not recorded");
-        }
-    };
+    let record_pgid = |pgid: i32| rt.record_pgid(job, pgid);
     let outcome = match proc_group::run_observed(&spec, timeout, grace, record_pgid).await {
         Ok(o) => o,
         Err(e) => {

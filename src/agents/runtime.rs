@@ -60,6 +60,14 @@ impl Runtime {
         Ok(Some((task, project)))
     }
 
+    /// Put a command's process group on its job, where a STOP, tier 3 and a
+    /// restarted daemon find it. A failed write is logged: the command runs.
+    pub async fn record_pgid(&self, job: &JobRow, pgid: i32) {
+        if let Err(e) = crate::db::jobs::set_pgid(self.db.writer(), job.id, i64::from(pgid)).await {
+            tracing::warn!(job = job.id, role = %job.role, pgid, error = %e, "group id not recorded on the job");
+        }
+    }
+
     pub async fn alert(&self, kind: &'static str, work_item: &str, message: String) {
         self.notifier
             .alert(Alert {

@@ -23,7 +23,7 @@ use crate::db::runs::{self, NewRun, UsageRow};
 use crate::domain::gates::DEPLOY_REPORT;
 use crate::domain::verdict::VerdictLines;
 use crate::git::Workspace;
-use crate::proc_group::{self, Ended};
+use crate::proc_group::Ended;
 use crate::stage_engine::inputs::{FsArtifacts, artifact_dir};
 use crate::stage_engine::{EffectCtx, EffectError, EffectResult, GateInputs};
 
@@ -106,45 +106,26 @@ pub(super) async fn deploy(
     let _ = tokio::fs::remove_file(&log).await;
 
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let env = vec![
-        ("ORCH_ROLE".to_string(), ROLE.to_string()),
-        ("ORCH_STAGE".to_string(), stage.to_string()),
-        ("ORCH_TASK_ID".to_string(), task.id.to_string()),
-        ("ORCH_WORK_ITEM".to_string(), wi.to_string()),
-        ("ORCH_PROJECT".to_string(), project.name.clone()),
+    // The deploy path's variables (`DeployDeps::command_spec`), plus what
+    // only an agent gets; the artifact dir is the one prepared above.
+    let mut cmd = deps.command_spec(ctx, project, &wt, &spec.command);
+    cmd.env.retain(|(k, _)| k != "ORCH_ARTIFACT_DIR");
+    cmd.env.extend([
         ("ORCH_ARTIFACT_DIR".to_string(), path(&artifacts)),
         ("ORCH_PROMPT_FILE".to_string(), path(&prompt_file)),
         ("ORCH_MODEL".to_string(), spec.model.clone()),
         ("ORCH_EFFORT".to_string(), spec.effort.clone()),
         ("ORCH_ATTEMPT".to_string(), "1".to_string()),
-        ("ORCH_EFFECT".to_string(), ctx.kind.as_str().to_string()),
-        (
-            "ORCH_TRANSITION_KEY".to_string(),
-            ctx.transition_key.clone(),
-        ),
-    ];
+    ]);
+    cmd.log = Some(log.clone());
     let timeout = Duration::from_secs(deps.settings.deploy_timeout_s);
     let started = now_ms();
     tracing::info!(work_item = %wi, command = %spec.command, model = %spec.model, "production deploy by the deployer agent started");
     // Adoptable: a daemon crash does not stop it, and a restart waits for it
     // instead of deploying again (`adopt.rs`).
-    let run = super::adopt::run(
-        deps,
-        ctx,
-        proc_group::Spec {
-            command: spec.command.clone(),
-            cwd: wt.clone(),
-            env,
-            env_remove: crate::config::SECRET_ENV_KEYS
-                .iter()
-                .map(|k| k.to_string())
-                .collect(),
-            log: Some(log.clone()),
-        },
-        timeout,
-    )
-    .await
-    .map_err(|e| failed("the deployer agent could not start", &e))?;
+    let run = super::adopt::run(deps, ctx, cmd, timeout)
+        .await
+        .map_err(|e| failed("the deployer agent could not start", &e))?;
 
     let output = tokio::fs::read(&log)
         .await

@@ -130,7 +130,14 @@ async fn run_inner(rt: &Runtime, stats: &MergeGateStats, job: &JobRow) -> anyhow
         return Ok(());
     }
     stats.runs.fetch_add(1, Ordering::Relaxed);
-    let class = rebase_and_retest(rt, stats, &project, &task, job).await?;
+    let (class, wt) = rebase_and_retest(rt, stats, &project, &task, job).await?;
+    // The security scan (F-19) judges the head that passed, re-tested or not.
+    let class = match class {
+        Class::Pass { .. } => security::scan(rt, &project, job, &wt, &task.work_item)
+            .await
+            .unwrap_or(class),
+        other => other,
+    };
     finish(rt, stats, job, class).await
 }
 
@@ -140,7 +147,7 @@ async fn rebase_and_retest(
     project: &Project,
     task: &crate::db::tasks::TaskRow,
     job: &JobRow,
-) -> anyhow::Result<Class> {
+) -> anyhow::Result<(Class, std::path::PathBuf)> {
     let work_item = task.work_item.as_str();
     let wt = rt.workspace.prepare(project, work_item).await?;
     let base = format!("origin/{}", project.default_branch);
@@ -158,9 +165,7 @@ async fn rebase_and_retest(
             .is_ok()
     {
         stats.skipped_retests.fetch_add(1, Ordering::Relaxed);
-        return Ok(security::scan(rt, project, job, &wt, work_item)
-            .await
-            .unwrap_or(Class::Pass { retested: false }));
+        return Ok((Class::Pass { retested: false }, wt));
     }
     if let Err(e) = git::git(
         &wt,
@@ -177,9 +182,8 @@ async fn rebase_and_retest(
     .await
     {
         let _ = git::git(&wt, &["rebase", "--abort"]).await;
-        return Ok(Class::Conflict(format!(
-            "rebase onto {base} conflicts: {e}"
-        )));
+        let conflict = Class::Conflict(format!("rebase onto {base} conflicts: {e}"));
+        return Ok((conflict, wt));
     }
     // The rebased feature branch replaces the old one on the remote; only
     // the task branch is ever force-pushed, with a lease on what we fetched.
@@ -200,9 +204,7 @@ async fn rebase_and_retest(
             work_item,
             "no test_command: the merge gate cannot re-test; passing on the rebase alone"
         );
-        return Ok(security::scan(rt, project, job, &wt, work_item)
-            .await
-            .unwrap_or(Class::Pass { retested: false }));
+        return Ok((Class::Pass { retested: false }, wt));
     }
     let out = run_in_group(rt, job, &wt, work_item, &project.test_command).await;
     let class = match out {
@@ -215,11 +217,8 @@ async fn rebase_and_retest(
             .trim()
             .to_string();
         tasks::set_validated_sha(rt.db.writer(), task.id, &head).await?;
-        return Ok(security::scan(rt, project, job, &wt, work_item)
-            .await
-            .unwrap_or(class));
     }
-    Ok(class)
+    Ok((class, wt))
 }
 
 /// Run a gate command in the worktree, in its own process group with the
@@ -241,11 +240,7 @@ pub(super) async fn run_in_group(
             .collect(),
         log: None,
     };
-    let record_pgid = |pgid: i32| async move {
-        if let Err(e) = jobs::set_pgid(rt.db.writer(), job.id, i64::from(pgid)).await {
-            tracing::warn!(job = job.id, pgid, error = %e, "gate command's group id not recorded");
-        }
-    };
+    let record_pgid = |pgid: i32| rt.record_pgid(job, pgid);
     proc_group::run_observed(
         &spec,
         Duration::from_secs(rt.settings.merge_retest_timeout_s),
