@@ -89,6 +89,7 @@ pub fn build_pipeline_with(
         settings,
         workspace,
         stops: Default::default(),
+        wake: Default::default(),
     }
 }
 
@@ -126,16 +127,18 @@ pub async fn replay(settings: Settings, delivery_id: &str, force: bool) -> anyho
     Ok(out?)
 }
 
-/// A started daemon: the address it serves on and the handle that ends it.
+/// A started daemon: the address it serves on and the handles that end it.
 pub struct Running {
     pub addr: SocketAddr,
     pub engine: Engine,
     trigger: ShutdownTrigger,
+    force: ShutdownTrigger,
     join: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
-    /// Fire shutdown and wait for the clean exit.
+    /// Fire a graceful stop and wait for the clean exit (B-13: effects in
+    /// flight finish first, within `ORCH_SHUTDOWN_EFFECT_DRAIN_S`).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.trigger.fire();
         self.join.await.context("daemon task")?
@@ -146,8 +149,15 @@ impl Running {
         self.join.await.context("daemon task")?
     }
 
+    /// The graceful stop (a first SIGTERM).
     pub fn trigger(&self) -> &ShutdownTrigger {
         &self.trigger
+    }
+
+    /// Stop waiting for effects in flight (a second signal): they are left
+    /// running detached for the next start to adopt.
+    pub fn force(&self) -> &ShutdownTrigger {
+        &self.force
     }
 }
 
@@ -165,6 +175,8 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     })?;
     let boot = Boot::new();
     tracing::info!(boot_id = %boot.boot_id, pid = boot.pid, db = %db_path.display(), "starting");
+    // B-13: the effects in flight, which a graceful stop waits for.
+    let drain = crate::shutdown::EffectDrain::new();
     let workspace = crate::git::Workspace::new(&settings.workspace_root);
     let inputs = crate::stage_engine::inputs::WorkspaceInputs {
         settings: settings.clone(),
@@ -176,18 +188,12 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         .inputs(Arc::new(inputs))
         .effects(daemon_effects(&settings, &db))
         .notifier(alerts.clone())
+        .drain(drain.clone())
         .build();
     let recovery = engine
-        .recover_on_startup()
+        .reclaim_stale_leases()
         .await
-        .context("recovering leases and effects")?;
-    tracing::info!(
-        reclaimed_leases = recovery.reclaimed_leases,
-        resumed_tasks = recovery.resumed_tasks.len(),
-        "recovery done"
-    );
-    // What follows a move the recovery finished (the next job, the tracker
-    // status, the post-deploy window of a deploy finished after a crash).
+        .context("recovering leases")?;
     // One pipeline for every actor: the `stop` block counts them all (F-25).
     let pipeline = build_pipeline_with(
         settings.clone(),
@@ -196,11 +202,28 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         workspace.clone(),
         alerts.clone(),
     );
-    for (task_id, out) in &recovery.resumed_tasks {
-        if let Err(e) = pipeline.after_move(*task_id, out).await {
-            tracing::warn!(task_id, error = %e, "after a recovered move");
-        }
+    // Transitions a crash left with an effect open are finished by
+    // finalizer jobs, not here: an adopted deploy may run for half an hour
+    // and start-up (and /health) must not wait for it.
+    let unfinished = engine
+        .unfinished_transitions()
+        .await
+        .context("finding unfinished transitions")?;
+    for task_id in &unfinished {
+        let Some(task) = crate::db::tasks::get(db.reader(), *task_id).await? else {
+            continue;
+        };
+        let q = pipeline
+            .queue_finalizer(*task_id, task.stage)
+            .await
+            .context("queueing a finalizer")?;
+        tracing::info!(work_item = %task.work_item, job = q.id(), "unfinished transition: finalizer queued");
     }
+    tracing::info!(
+        reclaimed_leases = recovery.reclaimed_leases,
+        unfinished_transitions = unfinished.len(),
+        "recovery done"
+    );
 
     let mut supervisor = Supervisor::new();
     // Intake (F-01, F-06): the worker acts on stored deliveries after the
@@ -236,30 +259,85 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     };
     let router = http::router_with_intake(state, Some(intake));
     let addr = listener.local_addr()?;
-    let grace = Duration::from_secs(settings.shutdown_grace_s);
     tracing::info!(%addr, "serving");
-    let join = tokio::spawn(serve(router, listener, stop, supervisor, db, grace, lock));
+    let (force, forced) = shutdown::channel();
+    let end = End {
+        stop,
+        forced,
+        drain,
+        supervisor,
+        db,
+        grace: Duration::from_secs(settings.shutdown_grace_s),
+        drain_bound: Duration::from_secs(settings.shutdown_effect_drain_s),
+        lock,
+    };
+    let join = tokio::spawn(serve(router, listener, end));
     Ok(Running {
         addr,
         engine,
         trigger,
+        force,
         join,
     })
 }
 
-async fn serve(
-    router: axum::Router,
-    listener: TcpListener,
+/// What the shutdown sequence needs.
+struct End {
     stop: Shutdown,
+    forced: Shutdown,
+    drain: Arc<crate::shutdown::EffectDrain>,
     supervisor: Supervisor,
     db: Db,
     grace: Duration,
+    drain_bound: Duration,
     lock: InstanceLock,
-) -> anyhow::Result<()> {
-    let server = axum::serve(listener, router).with_graceful_shutdown(stop.clone().wait());
+}
+
+/// How often a graceful stop says what it still waits for.
+const DRAIN_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Serve until the stop fires, then, in order (B-13): refuse new work and
+/// new effects at once; wait for the irreversible effects in flight, bounded
+/// (webhooks are still accepted and stored meanwhile: neither Plane nor
+/// Gitea retries a refused delivery); stop the server, the loops, the
+/// database. Past the bound, or on a second signal, what still runs is left
+/// running detached (its own session) for the next start to adopt.
+async fn serve(router: axum::Router, listener: TcpListener, end: End) -> anyhow::Result<()> {
+    let (server_stop, server_stopped) = shutdown::channel();
+    let server = axum::serve(listener, router).with_graceful_shutdown(server_stopped.wait());
     let server = tokio::spawn(async move { server.await });
-    stop.wait().await;
-    // Stop accepting at once; in-flight requests get the grace period.
+    end.stop.clone().wait().await;
+    end.drain.start_draining();
+    let waiting = end.drain.in_flight();
+    if !waiting.is_empty() {
+        tracing::warn!(
+            in_flight = waiting.len(),
+            bound_s = end.drain_bound.as_secs(),
+            "graceful stop: no new work; waiting for the effects in flight (a second signal exits at once)"
+        );
+    }
+    match end
+        .drain
+        .wait_idle(end.drain_bound, DRAIN_LOG_EVERY, end.forced.clone().wait())
+        .await
+    {
+        crate::shutdown::DrainEnd::Idle => {}
+        crate::shutdown::DrainEnd::TimedOut(left) => {
+            tracing::warn!(
+                ?left,
+                "graceful stop: ORCH_SHUTDOWN_EFFECT_DRAIN_S passed; leaving these running detached for the next start to adopt"
+            )
+        }
+        crate::shutdown::DrainEnd::Forced(left) => {
+            tracing::warn!(
+                ?left,
+                "second signal: exiting now; leaving these running detached for the next start to adopt"
+            )
+        }
+    }
+    let (grace, supervisor, db, lock) = (end.grace, end.supervisor, end.db, end.lock);
+    server_stop.fire();
+    // Stop accepting; in-flight requests get the grace period.
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
@@ -277,14 +355,24 @@ async fn serve(
     Ok(())
 }
 
-/// `orchestrator serve`: bind, start, run until SIGTERM/SIGINT.
+/// `orchestrator serve`: bind, start, run until SIGTERM/SIGINT; a second
+/// signal during the drain exits at once (B-13).
 pub async fn serve_until_signal(settings: Settings) -> anyhow::Result<()> {
-    let signals = shutdown::Signals::install().context("installing SIGTERM/SIGINT handlers")?;
+    let mut signals = shutdown::Signals::install().context("installing SIGTERM/SIGINT handlers")?;
     let bind = settings.bind;
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind} (ORCH_BIND)"))?;
     let running = start(settings, listener).await?;
     signals.recv().await;
-    running.stop().await
+    running.trigger().fire();
+    let Running { force, join, .. } = running;
+    tokio::pin!(join);
+    tokio::select! {
+        r = &mut join => r.context("daemon task")?,
+        _ = signals.recv() => {
+            force.fire();
+            join.await.context("daemon task")?
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! - `domain`: pure types: the stage table (F-09), verdict parsing, gates (QG_CHECKS).
 //! - `git`: worktrees through the git CLI (F-08).
 //! - `proc_group`: THE spawner of agent and gate commands: own process group, tree-kill SIGTERM → grace → SIGKILL (F-12, F-18, B-8).
+//! - `procfs`: the one reader of `/proc` (stat, start time, environment, group members, kernel boot id).
 //! - `clock`: the loops' clock (tokio time, so tests can pause it).
 //! - `effects`: what each irreversible effect kind does outside (merge, deploy, coverage ratchet, image; F-19, F-23; the branch delete of a cancel, F-25).
 //! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
@@ -39,6 +40,7 @@ pub mod loops;
 pub mod notify;
 pub mod pipeline;
 pub mod proc_group;
+pub mod procfs;
 pub mod shutdown;
 pub mod stage_engine;
 pub mod telemetry;

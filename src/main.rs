@@ -68,6 +68,19 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         tracing::warn!("config: {w}");
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = run(&runtime, cli, settings, &report);
+    // Whatever is still running (an effect left detached past the drain) is
+    // dropped here; its process lives on. Never wait long for a task.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    cli: Cli,
+    settings: Settings,
+    report: &orchestrator::config::LoadReport,
+) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(app::serve_until_signal(settings)),
         Command::Migrate => runtime.block_on(async {

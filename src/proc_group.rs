@@ -8,6 +8,12 @@
 //! Group membership is read from `/proc` (field 5 of `/proc/<pid>/stat`), not
 //! from our child handle, so a group can be killed by its id alone: after a
 //! daemon restart, or when the leader already exited and left children behind.
+//!
+//! A stored group id is signalled only when the group is still ours
+//! ([`Owned`]): after a reboot or a long downtime the same number may name
+//! an unrelated program's group. Every spawn starts a new session (it
+//! survives the daemon and a terminal's hang-up) with a token in its
+//! environment, and records its leader's start time.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -19,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, getpgrp};
+
+pub use crate::procfs::pids_in_group;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -60,6 +68,9 @@ pub enum ProcError {
     },
 }
 
+/// The environment variable every spawned group carries: [`Owned::token`].
+pub const TOKEN_ENV: &str = "ORCH_PGID_TOKEN";
+
 /// What to run.
 #[derive(Debug, Clone, Default)]
 pub struct Spec {
@@ -73,6 +84,11 @@ pub struct Spec {
     /// stdout and stderr are appended here; `None` = captured in memory (the
     /// last [`CAPTURE_CAP`] bytes).
     pub log: Option<PathBuf>,
+    /// An irreversible effect (a production deploy, an image push): dropping
+    /// [`run`]'s future leaves it running instead of killing it, so a
+    /// daemon that exits mid-way never cuts a deploy in half; the next start
+    /// adopts it. Needs `log` (a pipe would die with the daemon).
+    pub survives_drop: bool,
 }
 
 /// How a command ended.
@@ -97,6 +113,9 @@ pub enum GroupKill {
     Killed,
     /// Not signalled: the id is ≤ 1 or our own group (it would kill the daemon).
     Refused,
+    /// Not signalled: the group with that id is not the one we started (its
+    /// leader started at another time, or after a reboot).
+    NotOurs,
 }
 
 /// The result of [`run`].
@@ -116,7 +135,96 @@ pub struct Group {
     pub pid: i32,
     pub pgid: i32,
     pub child: Child,
+    /// What to store to find (and prove) this group later.
+    pub owned: Owned,
     capture: Option<Capture>,
+}
+
+/// A stored process group and what proves it is still the one we started:
+/// the leader's start time and the token in the group's environment
+/// (`<kernel boot id>:<uuid>`, so nothing of an earlier boot matches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub pgid: i32,
+    pub start_time: Option<i64>,
+    pub token: Option<String>,
+}
+
+/// What [`Owned::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Live processes of the group we started.
+    Ours,
+    /// No live process is in the group.
+    Gone,
+    /// The group id names someone else's processes now: leave them alone.
+    NotOurs,
+}
+
+impl Owned {
+    /// Within the boot that started it, a live leader with the recorded
+    /// start time is ours (pid + start time is unique; its environment is
+    /// not needed, so an agent cannot disown itself by rewriting it). With
+    /// the leader gone, a member carrying the token is ours. A token of
+    /// another boot, or no token, is never ours.
+    pub fn check(&self) -> Ownership {
+        if self.pgid <= 1 {
+            return Ownership::NotOurs;
+        }
+        let members = pids_in_group(self.pgid);
+        if members.is_empty() {
+            return Ownership::Gone;
+        }
+        let Some(token) = self.token.as_deref() else {
+            return Ownership::NotOurs;
+        };
+        let this_boot = crate::procfs::kernel_boot_id()
+            .is_some_and(|b| token.split_once(':').is_some_and(|(t, _)| t == b));
+        if !this_boot {
+            return Ownership::NotOurs;
+        }
+        if members.contains(&self.pgid) {
+            let leader = i64::from(self.pgid);
+            return match self.start_time {
+                Some(st) if crate::procfs::alive_as(leader, st) => Ownership::Ours,
+                _ => Ownership::NotOurs,
+            };
+        }
+        let entry = format!("{TOKEN_ENV}={token}");
+        if members
+            .iter()
+            .any(|p| crate::procfs::environ_has(i64::from(*p), &entry))
+        {
+            Ownership::Ours
+        } else {
+            Ownership::NotOurs
+        }
+    }
+
+    /// [`kill_group`], only if the group is still ours.
+    pub async fn kill(&self, grace: Duration) -> GroupKill {
+        let this = self.clone();
+        let own = tokio::task::spawn_blocking(move || this.check())
+            .await
+            .unwrap_or(Ownership::NotOurs);
+        match own {
+            Ownership::Gone => GroupKill::AlreadyGone,
+            Ownership::NotOurs => {
+                tracing::warn!(
+                    pgid = self.pgid,
+                    "not signalling a process group that is not ours any more"
+                );
+                GroupKill::NotOurs
+            }
+            Ownership::Ours => kill_group(self.pgid, grace).await,
+        }
+    }
+}
+
+/// A fresh token for a spawn: `<kernel boot id>:<uuid>`.
+pub fn new_token() -> String {
+    let boot = crate::procfs::kernel_boot_id().unwrap_or_else(|| "unknown-boot".into());
+    format!("{boot}:{}", uuid::Uuid::new_v4())
 }
 
 #[derive(Debug)]
@@ -163,13 +271,26 @@ pub fn spawn(spec: &Spec) -> Result<Group, ProcError> {
     // tokio::process panics outside a runtime; report it instead.
     tokio::runtime::Handle::try_current()
         .map_err(|e| spawn_err(io::Error::other(format!("no tokio runtime: {e}"))))?;
+    if spec.survives_drop && spec.log.is_none() {
+        return Err(spawn_err(io::Error::other(
+            "a command that must survive the daemon needs a log file, not a pipe",
+        )));
+    }
+    let token = new_token();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(&spec.command)
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .process_group(0);
+        .env(TOKEN_ENV, &token)
+        .stdin(Stdio::null());
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the
+    // parent; it makes the child the leader of a new session and of a new
+    // process group whose id is its pid, so it outlives the daemon (no
+    // hang-up from a terminal) and the whole tree stops with one killpg.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
+    }
     for k in &spec.env_remove {
         cmd.env_remove(k);
     }
@@ -213,6 +334,12 @@ pub fn spawn(spec: &Spec) -> Result<Group, ProcError> {
         pid,
         pgid: pid,
         child,
+        owned: Owned {
+            pgid: pid,
+            // The child exists from the fork on: its start time is fixed.
+            start_time: crate::procfs::start_time(i64::from(pid)),
+            token: Some(token),
+        },
         capture,
     })
 }
@@ -236,8 +363,8 @@ pub async fn run(spec: &Spec, timeout: Duration, grace: Duration) -> Result<Outc
     run_observed(spec, timeout, grace, |_| async {}).await
 }
 
-/// [`run`], telling `on_spawn` the group id as soon as the group exists, so
-/// the caller can record it where a STOP, the reaper or a restarted daemon
+/// [`run`], telling `on_spawn` the group as soon as it exists, so the
+/// caller can record it where a STOP, the reaper or a restarted daemon
 /// finds it (the job row). The timeout does not count `on_spawn`'s time.
 pub async fn run_observed<F, Fut>(
     spec: &Spec,
@@ -246,16 +373,16 @@ pub async fn run_observed<F, Fut>(
     on_spawn: F,
 ) -> Result<Outcome, ProcError>
 where
-    F: FnOnce(i32) -> Fut,
+    F: FnOnce(Owned) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let started = Instant::now();
     let mut group = spawn(spec)?;
     let mut guard = KillOnDrop {
         pgid: group.pgid,
-        armed: true,
+        armed: !spec.survives_drop,
     };
-    on_spawn(group.pgid).await;
+    on_spawn(group.owned.clone()).await;
     let ended = match tokio::time::timeout(timeout, wait(&mut group)).await {
         Ok(ended) => ended,
         Err(_) => {
@@ -315,43 +442,12 @@ pub fn group_alive(pgid: i32) -> bool {
     if let Err(nix::errno::Errno::ESRCH) = killpg(Pid::from_raw(pgid), None) {
         return false;
     }
-    match std::fs::read_dir("/proc") {
-        Ok(_) => !pids_in_group(pgid).is_empty(),
+    if crate::procfs::available() {
+        !pids_in_group(pgid).is_empty()
+    } else {
         // No /proc to tell zombies apart: trust the kernel's "exists".
-        Err(_) => true,
+        true
     }
-}
-
-/// The live (non-zombie) processes whose process group is `pgid`.
-pub fn pids_in_group(pgid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<i32> = dir
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            // A process may exit between readdir and read: it is gone then.
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| parse_stat(&s))
-                .is_some_and(|(state, pgrp)| pgrp == pgid && !matches!(state, 'Z' | 'X'))
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
-/// `(state, pgrp)` from `/proc/<pid>/stat`: `pid (comm) state ppid pgrp ...`.
-/// comm may hold spaces and parentheses, so fields are counted after the
-/// LAST `)`.
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
 }
 
 /// Never signal group 0 (ours, in killpg terms), 1 or below, or our own group.
@@ -530,7 +626,8 @@ mod tests {
         assert_eq!(pids_in_group(pgid), Vec::<i32>::new());
         for pid in &ids[1..] {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let live = parse_stat(&stat).is_some_and(|(s, g)| g == pgid && s != 'Z');
+            let live =
+                crate::procfs::parse_stat(&stat).is_some_and(|s| s.pgrp == pgid && s.state != 'Z');
             assert!(!live, "grandchild {pid} survived: {stat}");
         }
     }
@@ -663,15 +760,6 @@ mod tests {
         assert_eq!(out.output, "gone");
         let kept = run(&spec(show), TIMEOUT, GRACE).await.unwrap();
         assert_ne!(kept.output, "gone");
-    }
-
-    #[test]
-    fn stat_parsing_survives_odd_command_names() {
-        let stat = "4242 (we (ird) name) S 1 4200 4200 0 -1 4194560 ...";
-        assert_eq!(parse_stat(stat), Some(('S', 4200)));
-        assert_eq!(parse_stat("4242 (zz) Z 1 77 77"), Some(('Z', 77)));
-        assert_eq!(parse_stat("garbage"), None);
-        assert_eq!(parse_stat("1 (x) R"), None);
     }
 
     #[test]

@@ -1,8 +1,13 @@
-//! One shutdown signal for the server and every loop, and a small supervisor
-//! that starts background loops in order and stops them in reverse.
+//! One shutdown signal for the server and every loop, a small supervisor
+//! that starts background loops in order and stops them in reverse, and the
+//! drain of irreversible effects in flight (B-13).
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,6 +44,141 @@ impl Shutdown {
     }
 }
 
+/// B-13: the irreversible effects in flight (a merge, a deploy, an image
+/// push, a branch delete) and whether new ones may start. A graceful stop
+/// first refuses new effects ([`EffectDrain::start_draining`]), then waits
+/// for those in flight ([`EffectDrain::wait_idle`]), bounded; what is still
+/// running past the bound is left running detached (its process survives
+/// the daemon) and the next start adopts it through the journal.
+#[derive(Debug, Default)]
+pub struct EffectDrain {
+    state: Mutex<DrainState>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct DrainState {
+    draining: bool,
+    next: u64,
+    running: BTreeMap<u64, (String, Instant)>,
+}
+
+/// One effect in flight; dropping it ends its registration.
+#[derive(Debug)]
+pub struct InFlight {
+    drain: Arc<EffectDrain>,
+    id: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.drain.state.lock() {
+            s.running.remove(&self.id);
+        }
+        self.drain.changed.notify_waiters();
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// Nothing was (or is any more) in flight.
+    Idle,
+    /// The bound passed; these are left running detached.
+    TimedOut(Vec<String>),
+    /// A second signal cut the wait short; these are left running detached.
+    Forced(Vec<String>),
+}
+
+impl EffectDrain {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Register an effect about to start; `None` once the drain began (no
+    /// new effect may start during a graceful stop).
+    pub fn begin(self: &Arc<Self>, what: impl Into<String>) -> Option<InFlight> {
+        let mut s = self.state.lock().ok()?;
+        if s.draining {
+            return None;
+        }
+        s.next += 1;
+        let id = s.next;
+        s.running.insert(id, (what.into(), Instant::now()));
+        Some(InFlight {
+            drain: self.clone(),
+            id,
+        })
+    }
+
+    pub fn start_draining(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.draining = true;
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.state.lock().map(|s| s.draining).unwrap_or(true)
+    }
+
+    /// What is in flight, with how long each has run.
+    pub fn in_flight(&self) -> Vec<(String, Duration)> {
+        self.state
+            .lock()
+            .map(|s| {
+                s.running
+                    .values()
+                    .map(|(w, t)| (w.clone(), t.elapsed()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.in_flight().into_iter().map(|(w, _)| w).collect()
+    }
+
+    /// Wait until nothing is in flight, at most `bound`, logging what it
+    /// waits for every `log_every`; `force` (a second signal) ends it at once.
+    pub async fn wait_idle(
+        &self,
+        bound: Duration,
+        log_every: Duration,
+        force: impl Future<Output = ()>,
+    ) -> DrainEnd {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut next_log = tokio::time::Instant::now();
+        tokio::pin!(force);
+        loop {
+            // Register for the wake-up before looking, so a drop in between
+            // is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now_running = self.in_flight();
+            if now_running.is_empty() {
+                return DrainEnd::Idle;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return DrainEnd::TimedOut(self.names());
+            }
+            if now >= next_log {
+                for (what, ran) in &now_running {
+                    tracing::warn!(effect = %what, running_s = ran.as_secs(), left_s = (deadline - now).as_secs(), "graceful stop: waiting for an effect in flight");
+                }
+                next_log = now + log_every;
+            }
+            tokio::select! {
+                _ = &mut force => return DrainEnd::Forced(self.names()),
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(deadline.min(next_log)) => {}
+            }
+        }
+    }
+}
+
 /// SIGTERM/SIGINT handlers, installed when created: create them before the
 /// listener is bound, so a signal that arrives during start-up is a clean
 /// shutdown, not the default kill.
@@ -56,8 +196,8 @@ impl Signals {
         })
     }
 
-    /// Resolves on the first SIGTERM or SIGINT.
-    pub async fn recv(mut self) {
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
         tokio::select! {
             _ = self.term.recv() => tracing::info!("SIGTERM received, shutting down"),
             _ = self.int.recv() => tracing::info!("SIGINT received, shutting down"),
@@ -175,14 +315,19 @@ mod tests {
                 }
             }
         });
-        for name in ["first", "second"] {
-            let o = order.clone();
+        // Each loop's tick closure owns a guard that records the loop's
+        // name when the loop ends (the closure is dropped with its task).
+        struct OnStop(&'static str, Arc<std::sync::Mutex<Vec<&'static str>>>);
+        impl Drop for OnStop {
+            fn drop(&mut self) {
+                self.1.lock().unwrap().push(self.0);
+            }
+        }
+        for name in ["first", "second", "third"] {
+            let guard = OnStop(name, order.clone());
             sup.spawn_loop(name, Duration::from_secs(1), move || {
-                let o = o.clone();
-                async move {
-                    o.lock().unwrap().push(name);
-                    Ok(())
-                }
+                let _ = &guard;
+                async { Ok(()) }
             });
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -190,8 +335,11 @@ mod tests {
             ticks.load(Ordering::SeqCst) >= 9,
             "errors and panics did not stop the loop"
         );
+        assert!(order.lock().unwrap().is_empty(), "nothing stopped yet");
         let late = sup.shutdown(Duration::from_secs(1)).await;
         assert!(late.is_empty());
+        // The last started stops first.
+        assert_eq!(*order.lock().unwrap(), ["third", "second", "first"]);
         let after = ticks.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
@@ -199,6 +347,52 @@ mod tests {
             after,
             "a stopped loop ticks no more"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_refuses_new_effects_and_waits_for_those_in_flight() {
+        let drain = EffectDrain::new();
+        let deploy = drain
+            .begin("prod_deploy of DEMO-1")
+            .expect("not draining yet");
+        drain.start_draining();
+        assert!(drain.is_draining());
+        assert!(drain.begin("merge_pr of DEMO-2").is_none(), "no new effect");
+        let d = drain.clone();
+        let waiter = tokio::spawn(async move {
+            d.wait_idle(
+                Duration::from_secs(60),
+                Duration::from_secs(5),
+                std::future::pending(),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!waiter.is_finished(), "waits while the deploy runs");
+        drop(deploy);
+        assert_eq!(waiter.await.unwrap(), DrainEnd::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_is_bounded_and_a_second_signal_ends_it() {
+        let drain = EffectDrain::new();
+        let _deploy = drain.begin("prod_deploy of DEMO-1").unwrap();
+        drain.start_draining();
+        let end = drain
+            .wait_idle(
+                Duration::from_secs(30),
+                Duration::from_secs(5),
+                std::future::pending(),
+            )
+            .await;
+        assert_eq!(
+            end,
+            DrainEnd::TimedOut(vec!["prod_deploy of DEMO-1".into()])
+        );
+        let end = drain
+            .wait_idle(Duration::from_secs(30), Duration::from_secs(5), async {})
+            .await;
+        assert_eq!(end, DrainEnd::Forced(vec!["prod_deploy of DEMO-1".into()]));
     }
 
     #[tokio::test]

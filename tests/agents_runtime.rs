@@ -344,7 +344,9 @@ async fn concurrency_limits_hold_with_twenty_tasks_across_three_projects() {
     let max_total = AtomicU64::new(0);
     let max_project = AtomicU64::new(0);
     h.drive("20 analyst runs", 120, || async {
-        let per = jobs::running_per_project(h.db.reader()).await.unwrap();
+        let per = jobs::running_per_project(h.db.reader(), "deploy-finalizer")
+            .await
+            .unwrap();
         let total: i64 = per.iter().map(|(_, n)| n).sum();
         max_total.fetch_max(total as u64, Ordering::Relaxed);
         max_project.fetch_max(

@@ -160,8 +160,11 @@ async fn crash_after_the_merge(forge: bool, step: Step) {
     let stats = PostDeployStats::default();
     post_deploy::tick(&restarted, &stats).await.unwrap();
     // A planned merge_pr is finished by recovery; a done one with the
-    // deploy not yet planned is carried forward by the monitor's tick.
+    // deploy not yet planned is carried forward by the finalizer job the
+    // monitor's tick queues (effects never run inside a tick).
     let resumed = stats.resumed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(e.run_finalizers(&restarted).await as u64, resumed);
+    post_deploy::tick(&restarted, &stats).await.unwrap();
     match step {
         Step::AfterApply => assert_eq!((rec.resumed_tasks.len(), resumed), (1, 0), "{rec:?}"),
         _ => assert_eq!((rec.resumed_tasks.len(), resumed), (0, 1), "{rec:?}"),
@@ -242,10 +245,15 @@ async fn a_pr_that_cannot_be_merged_holds_the_task_at_deploy_with_an_alert() {
 }
 
 #[tokio::test]
-async fn a_failing_deploy_command_holds_with_the_failure_and_is_retried_without_a_second_merge() {
+async fn a_failing_deploy_command_holds_as_unknown_and_only_a_persons_confirm_runs_it_again() {
     let flag = tempfile::tempdir().unwrap();
     let ok = flag.path().join("fixed");
-    let cmd = format!("echo deploying; test -f {} || exit 3", ok.display());
+    let runs = flag.path().join("runs");
+    let cmd = format!(
+        "echo deploying; echo run >> {}; test -f {} || exit 3",
+        runs.display(),
+        ok.display()
+    );
     let e = DeployEnv::new(true, &format!("deploy_command = '{cmd}'"), &[]).await;
     let (id, _) = e.task_at("deploy", 4).await;
     let out = e
@@ -253,7 +261,9 @@ async fn a_failing_deploy_command_holds_with_the_failure_and_is_retried_without_
         .confirm_deploy(id, "plane-webhook")
         .await
         .unwrap();
-    let Outcome::EffectFailed { kind, error, .. } = &out else {
+    // B-13: the command ran and failed: production may have changed, so
+    // the outcome is unknown, not "failed" (never re-run on its own).
+    let Outcome::EffectUnknown { kind, error, .. } = &out else {
         panic!("{out:?}")
     };
     assert_eq!(*kind, EffectKind::ProdDeploy);
@@ -271,15 +281,31 @@ async fn a_failing_deploy_command_holds_with_the_failure_and_is_retried_without_
             .ends_with("deploy_status: FAILURE\n")
     );
     assert_eq!(e.merges_in_main(), 1, "merged before the deploy failed");
+    let run_count = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(run_count(), 1);
+    assert_eq!(e.effect_rows(id).await[1].state, "unknown");
 
-    // Fixed; Confirm Deploy again: the done merge is skipped, the deploy reruns.
+    // No person decided: the daemon's own attempts (a restart's recovery,
+    // the reconciler's finalizer) do not run it again, whatever they try.
     std::fs::write(&ok, "").unwrap();
+    let again = e.pipeline.finalize_deploy(id, "recovery").await.unwrap();
+    assert!(matches!(again, Outcome::EffectUnknown { .. }), "{again:?}");
+    assert_eq!(run_count(), 1, "not re-run without a person's decision");
+
+    // Fixed; Confirm Deploy again: the done merge is skipped, the deploy
+    // reruns once.
     let out = e
         .pipeline
         .confirm_deploy(id, "plane-webhook")
         .await
         .unwrap();
     assert!(advanced_to_done(&out), "{out:?}");
+    assert_eq!(run_count(), 2, "exactly one more run");
     assert_eq!((e.merge_posts(), e.merges_in_main()), (1, 1));
     let t = e.task(id).await;
     assert_eq!((t.stage, t.hold_reason), (Stage::Done, None));
@@ -338,7 +364,7 @@ async fn a_deploy_that_outlives_its_timeout_is_killed_with_its_whole_group() {
         .confirm_deploy(id, "plane-webhook")
         .await
         .unwrap();
-    let Outcome::EffectFailed { error, .. } = &out else {
+    let Outcome::EffectUnknown { error, .. } = &out else {
         panic!("{out:?}")
     };
     assert!(
@@ -597,16 +623,18 @@ async fn a_deploy_that_outlived_its_daemon_is_adopted_not_run_twice() {
     // Still running after the restart, then exit 0: waited for, not re-run.
     let (id, _) = e.task_at("deploy", 8).await;
     let base = planned_deploy(&e, id).await.display().to_string();
-    // The daemon's wrapper, as it looks after a restart: the leader of its
-    // group, with the record's path in its environment.
+    // The daemon's wrapper, as it looks after a restart: its start
+    // recorded, the leader of its group, with its run id in its environment.
+    std::fs::write(format!("{base}.started"), "run-8\n").unwrap();
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("sleep 1; printf 0 > {base}.exit"))
-        .env("ORCH_DEPLOY_PGID_FILE", format!("{base}.pgid"))
+        .env("ORCH_EFFECT_RUN", "run-8")
         .process_group(0)
         .spawn()
         .unwrap();
-    std::fs::write(format!("{base}.pgid"), child.id().to_string()).unwrap();
+    let start = orchestrator::procfs::start_time(i64::from(child.id())).unwrap();
+    std::fs::write(format!("{base}.pgid"), format!("{} {start}", child.id())).unwrap();
     let out = e
         .pipeline
         .confirm_deploy(id, "plane-webhook")
@@ -625,24 +653,22 @@ async fn a_deploy_that_outlived_its_daemon_is_adopted_not_run_twice() {
         "{rows:?}"
     );
 
-    // Ended with exit 3 while the daemon was down: a FAILURE that holds;
-    // Confirm Deploy again deploys afresh, once.
+    // Ended with exit 3 while the daemon was down: a FAILURE whose effect
+    // on production is unknown: held; Confirm Deploy again deploys afresh,
+    // once.
     let (id, _) = e.task_at("deploy", 9).await;
     let base = planned_deploy(&e, id).await.display().to_string();
+    std::fs::write(format!("{base}.started"), "run-9\n").unwrap();
     // A pid that names another process now (our own): never waited for.
     std::fs::write(format!("{base}.pgid"), std::process::id().to_string()).unwrap();
     std::fs::write(format!("{base}.exit"), "3").unwrap();
-    let out = e
-        .pipeline
-        .confirm_deploy(id, "plane-webhook")
-        .await
-        .unwrap();
-    let Outcome::EffectFailed { kind, error, .. } = &out else {
+    let out = e.pipeline.finalize_deploy(id, "recovery").await.unwrap();
+    let Outcome::EffectUnknown { kind, error, .. } = &out else {
         panic!("{out:?}")
     };
     assert_eq!(*kind, EffectKind::ProdDeploy);
     assert!(
-        error.contains("started before a restart") && error.contains("Exited(3)"),
+        error.contains("the run started earlier") && error.contains("Exited(3)"),
         "{error}"
     );
     assert_eq!((e.task(id).await.stage, ran()), (Stage::Deploy, 0));

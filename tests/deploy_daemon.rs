@@ -401,5 +401,6 @@ async fn sigkill_after_the_merge_before_the_stage_write_then_restart_merges_once
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(log_of(w.dir.path()).contains("shut down cleanly"));
+    let log = log_of(w.dir.path());
+    assert!(log.contains("shut down cleanly"), "{log}");
 }

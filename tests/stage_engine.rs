@@ -179,6 +179,7 @@ struct Blocking {
     ledger: Arc<Ledger>,
     entered: Arc<Notify>,
     release: Arc<Notify>,
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl Blocking {
@@ -190,6 +191,7 @@ impl Blocking {
                 ledger: ledger.clone(),
                 entered: entered.clone(),
                 release: release.clone(),
+                released: Default::default(),
             }),
             entered,
             release,
@@ -199,14 +201,20 @@ impl Blocking {
 
 #[async_trait]
 impl Effect for Blocking {
+    /// An honest oracle: it happened once an apply of this key got past
+    /// the test's go.
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         Ledger::bump(&self.ledger.reconciles, ctx);
-        Ok(None)
+        let done = self.ledger.applied(&ctx.transition_key, ctx.kind) > 0
+            && self.released.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(done.then(|| format!("applied:{}", ctx.kind.as_str())))
     }
     async fn apply(&self, ctx: &EffectCtx) -> Result<EffectResult, EffectError> {
         Ledger::bump(&self.ledger.applies, ctx);
         self.entered.notify_one();
         self.release.notified().await;
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(format!("applied:{}", ctx.kind.as_str()))
     }
 }
@@ -1302,7 +1310,8 @@ async fn recovery_records_a_merge_that_happened_without_applying_it_again() {
         ),
         ("merge_pr", "done", Some("sha-abc123"))
     );
-    assert_eq!(rows[0].attempts, 2);
+    // Reconciling is not an attempt at applying it.
+    assert_eq!(rows[0].attempts, 1);
     assert_eq!(
         (rows[1].kind.as_str(), rows[1].state.as_str()),
         ("prod_deploy", "done")
@@ -1487,7 +1496,7 @@ async fn unknown_effect_outcome_is_reconciled_before_any_retry() {
     h.place(id, Deploy, 7).await;
     assert_eq!(
         h.advance(id).await,
-        Outcome::EffectFailed {
+        Outcome::EffectUnknown {
             stage: Deploy,
             kind: EffectKind::MergePr,
             error: "effect outcome unknown: gitea timed out".into()
@@ -1495,7 +1504,7 @@ async fn unknown_effect_outcome_is_reconciled_before_any_retry() {
     );
     assert_eq!(
         h.effect_rows(id).await[0].state,
-        "planned",
+        "unknown",
         "may have happened"
     );
 
@@ -1693,8 +1702,9 @@ async fn admin_release_and_queue_over_http() {
         .unwrap();
     assert_eq!(queue["transition_lease"]["held"], 0);
 
-    // The released holder finishes the effect in flight, then finds its
-    // lease gone at the next journal step and stops before the stage write.
+    // The released holder finishes the effect in flight; its done row is
+    // fenced by the lease generation the force-release bumped: it records
+    // nothing and stops before the stage write (invariant 10).
     release.notify_one();
     let out = tokio::time::timeout(WAIT, holder).await.unwrap().unwrap();
     assert!(
@@ -1704,9 +1714,15 @@ async fn admin_release_and_queue_over_http() {
     let t = h.get(id).await;
     assert_eq!((t.stage, t.stage_version), (Deploy, 7));
     assert_eq!(h.ledger.applied(&key, EffectKind::ProdDeploy), 0);
-    // The next actor resumes the journaled transition: no second merge.
+    assert_eq!(
+        h.effect_rows(id).await[0].state,
+        "planned",
+        "the fenced holder recorded nothing"
+    );
+    // The next actor reconciles the planned merge first: no second merge.
     assert_eq!(h.advance(id).await, advanced(Deploy, Done, 8));
     assert_eq!(h.ledger.applied(&key, EffectKind::MergePr), 1);
+    assert_eq!(h.ledger.reconciled_kind(EffectKind::MergePr), 1);
     assert_eq!(h.ledger.applied(&key, EffectKind::ProdDeploy), 1);
 
     server.abort();

@@ -133,10 +133,11 @@ pub async fn launch(
             .map(|k| k.to_string())
             .collect(),
         log: Some(paths.log.clone()),
+        survives_drop: false,
     })
     .map_err(|e| LaunchError::Spawn(e.to_string()))?;
     runs::set_pid(rt.db.writer(), run_id, group.pid as i64).await?;
-    jobs::set_pgid(rt.db.writer(), job.id, group.pgid as i64).await?;
+    jobs::set_pgid(rt.db.writer(), job.id, &group.owned).await?;
     tracing::info!(
         work_item = %task.work_item, role = %job.role, attempt = job.attempt, pid = group.pid,
         log = %paths.log.display(), "agent started"

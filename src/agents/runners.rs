@@ -138,12 +138,13 @@ pub async fn run(
             .map(|k| k.to_string())
             .collect(),
         log: Some(paths.log.clone()),
+        survives_drop: false,
     };
     let timeout = Duration::from_secs(rt.settings.command_timeout_s);
     let grace = Duration::from_secs(rt.settings.agent_kill_grace_s);
     // The group id goes on the job, like an agent's: a STOP (F-25), tier 3
     // and a restarted daemon stop a built-in by it.
-    let record_pgid = |pgid: i32| rt.record_pgid(job, pgid);
+    let record_pgid = |group: proc_group::Owned| rt.record_pgid(job, group);
     let outcome = match proc_group::run_observed(&spec, timeout, grace, record_pgid).await {
         Ok(o) => o,
         Err(e) => {

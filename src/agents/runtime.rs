@@ -62,9 +62,9 @@ impl Runtime {
 
     /// Put a command's process group on its job, where a STOP, tier 3 and a
     /// restarted daemon find it. A failed write is logged: the command runs.
-    pub async fn record_pgid(&self, job: &JobRow, pgid: i32) {
-        if let Err(e) = crate::db::jobs::set_pgid(self.db.writer(), job.id, i64::from(pgid)).await {
-            tracing::warn!(job = job.id, role = %job.role, pgid, error = %e, "group id not recorded on the job");
+    pub async fn record_pgid(&self, job: &JobRow, group: crate::proc_group::Owned) {
+        if let Err(e) = crate::db::jobs::set_pgid(self.db.writer(), job.id, &group).await {
+            tracing::warn!(job = job.id, role = %job.role, pgid = group.pgid, error = %e, "group id not recorded on the job");
         }
     }
 

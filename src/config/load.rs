@@ -250,6 +250,7 @@ impl<'a> Fields<'a> {
         let projects: Vec<Project> =
             self.required("projects", Vec::new(), "a valid [[projects]] list");
         self.check_projects(&projects);
+        let deploy_timeout_s = self.positive("deploy_timeout_s", d.deploy_timeout_s);
         let s = Settings {
             bind,
             database_url,
@@ -313,7 +314,11 @@ impl<'a> Fields<'a> {
             merge_retry_max_s: self.positive("merge_retry_max_s", d.merge_retry_max_s),
             post_deploy_window_s: self.positive("post_deploy_window_s", d.post_deploy_window_s),
             post_deploy_tick_s: self.positive("post_deploy_tick_s", d.post_deploy_tick_s),
-            deploy_timeout_s: self.positive("deploy_timeout_s", d.deploy_timeout_s),
+            deploy_timeout_s,
+            shutdown_effect_drain_s: self.positive(
+                "shutdown_effect_drain_s",
+                deploy_timeout_s.saturating_add(60),
+            ),
             reaper_enabled: self.or_default("reaper_enabled", d.reaper_enabled),
             reconciler_enabled: self.or_default("reconciler_enabled", d.reconciler_enabled),
             alert_dedup_window_s: self.or_default("alert_dedup_window_s", d.alert_dedup_window_s),

@@ -243,6 +243,11 @@ pub struct Settings {
     pub http_body_limit_bytes: usize,
     /// How long shutdown waits for in-flight requests and loops.
     pub shutdown_grace_s: u64,
+    /// B-13: how long a graceful stop waits for irreversible effects in
+    /// flight (merge, deploy, image, branch delete) before it exits and
+    /// leaves them running detached for the next start to adopt. Default:
+    /// `deploy_timeout_s` + 60, so a deploy within its timeout finishes.
+    pub shutdown_effect_drain_s: u64,
 
     pub plane_base_url: String,
     pub plane_api_key: Secret,
@@ -318,6 +323,7 @@ impl Default for Settings {
             log_level: "info".into(),
             http_body_limit_bytes: 1024 * 1024,
             shutdown_grace_s: 4,
+            shutdown_effect_drain_s: 1800 + 60,
             plane_base_url: String::new(),
             plane_api_key: Secret::default(),
             plane_webhook_secret: Secret::default(),

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use sqlx::{Executor, FromRow, Sqlite};
 
-use super::{Db, now_ms};
+use super::now_ms;
 use crate::domain::Stage;
 
 /// Arm the post-deploy window of a done task: `until` is when it closes.
@@ -152,15 +152,17 @@ pub enum Ratchet {
 pub const COVERAGE_EPSILON: f64 = 1e-6;
 
 /// Compare `measured` with the project's baseline and move the baseline on
-/// a pass, in one IMMEDIATE transaction (two tasks of one project cannot
-/// both read the old baseline). The baseline only moves up.
+/// a pass, inside the caller's IMMEDIATE transaction: the journal's, which
+/// marks the `coverage_ratchet` effect done in the same commit, so the
+/// baseline moves exactly when the effect is recorded, once per transition
+/// key, and two tasks of one project cannot both read the old baseline.
+/// The baseline only moves up.
 pub async fn ratchet_coverage(
-    db: &Db,
+    tx: &mut sqlx::SqliteConnection,
     project: &str,
     measured: f64,
     transition_key: &str,
 ) -> Result<Ratchet, sqlx::Error> {
-    let mut tx = db.begin_write().await?;
     let old = coverage_baseline(&mut *tx, project).await?;
     if let Some(b) = &old
         && measured < b.percent - COVERAGE_EPSILON
@@ -182,7 +184,6 @@ pub async fn ratchet_coverage(
     .bind(now_ms())
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(Ratchet::Passed {
         from: old.map(|b| b.percent),
         to,

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use sqlx::{Executor, FromRow, Sqlite};
 
+use super::leases::{FENCE_SQL, Fence};
 use super::now_ms;
 use crate::domain::Stage;
 
@@ -22,6 +23,8 @@ pub struct EffectRow {
     pub attempts: i64,
     pub planned_at: i64,
     pub done_at: Option<i64>,
+    pub unknown_at: Option<i64>,
+    pub unknown_grant: Option<i64>,
 }
 
 pub async fn get<'e>(
@@ -67,58 +70,124 @@ pub async fn insert_planned<'e>(
     Ok(())
 }
 
-/// A failed (known not to have happened) or open row is planned again.
+/// A row found open (planned after a crash, failed, unknown) is planned
+/// again by this holder. Fenced: false when the holder lost its lease.
 pub async fn replan<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     id: i64,
     holder: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE effects SET state = 'planned', holder = ?, attempts = attempts + 1, error = NULL WHERE id = ? AND state != 'done'")
+    fence: Fence,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE effects SET state = 'planned', holder = ?, attempts = attempts + 1, error = NULL,
+                unknown_at = NULL, unknown_grant = NULL
+         WHERE id = ? AND state != 'done' AND {FENCE_SQL}"
+    );
+    let r = sqlx::query(&sql)
         .bind(holder)
         .bind(id)
+        .bind(fence.task_id)
+        .bind(fence.generation)
         .execute(ex)
         .await?;
-    Ok(())
+    Ok(r.rows_affected() == 1)
 }
 
+/// planned|unknown → done with its result (applied, or found to have
+/// happened). Fenced: false (nothing written) when
+/// the holder lost its lease; the row stays planned for the next holder's
+/// reconcile.
 pub async fn mark_done<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     id: i64,
     result: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE effects SET state = 'done', result = ?, done_at = ? WHERE id = ?")
+    fence: Fence,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE effects SET state = 'done', result = ?, done_at = ?, error = NULL
+         WHERE id = ? AND state IN ('planned','unknown') AND {FENCE_SQL}"
+    );
+    let r = sqlx::query(&sql)
         .bind(result)
         .bind(now_ms())
         .bind(id)
+        .bind(fence.task_id)
+        .bind(fence.generation)
         .execute(ex)
         .await?;
-    Ok(())
+    Ok(r.rows_affected() == 1)
 }
 
+/// planned → failed: known not to have happened. Fenced.
 pub async fn mark_failed<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     id: i64,
     error: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE effects SET state = 'failed', error = ? WHERE id = ? AND state = 'planned'",
+    fence: Fence,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE effects SET state = 'failed', error = ? WHERE id = ? AND state = 'planned' AND {FENCE_SQL}"
+    );
+    let r = sqlx::query(&sql)
+        .bind(error)
+        .bind(id)
+        .bind(fence.task_id)
+        .bind(fence.generation)
+        .execute(ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// planned|unknown → unknown: it may have reached the outside and did not
+/// provably succeed. Records the task's `retry_grants` now, so only a later
+/// decision of a person lets it run again. Fenced.
+pub async fn mark_unknown<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+    error: &str,
+    fence: Fence,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE effects SET state = 'unknown', error = ?, unknown_at = ?,
+                unknown_grant = (SELECT g.retry_grants FROM tasks g WHERE g.id = effects.task_id)
+         WHERE id = ? AND state IN ('planned','unknown') AND {FENCE_SQL}"
+    );
+    let r = sqlx::query(&sql)
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .bind(fence.task_id)
+        .bind(fence.generation)
+        .execute(ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Whether a person decided after the row became unknown (a Confirm Deploy,
+/// an operator's retry): the task's grant counter moved past the row's.
+pub async fn retry_granted<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+) -> Result<bool, sqlx::Error> {
+    let g: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM effects e JOIN tasks t ON t.id = e.task_id
+         WHERE e.id = ? AND e.state = 'unknown' AND t.retry_grants > COALESCE(e.unknown_grant, 0)",
     )
-    .bind(error)
     .bind(id)
-    .execute(ex)
+    .fetch_optional(ex)
     .await?;
-    Ok(())
+    Ok(g.is_some())
 }
 
 /// Rows of a task at one stage version that record a started transition
-/// (planned or done): the journaled intent.
+/// (planned, unknown or done): the journaled intent.
 pub async fn intent_at<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     task_id: i64,
     version: i64,
 ) -> Result<Vec<EffectRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT * FROM effects WHERE task_id = ? AND stage_version = ? AND state IN ('planned','done') ORDER BY id",
+        "SELECT * FROM effects WHERE task_id = ? AND stage_version = ? AND state IN ('planned','unknown','done') ORDER BY id",
     )
     .bind(task_id)
     .bind(version)

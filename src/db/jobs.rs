@@ -8,6 +8,7 @@ use sqlx::{Executor, FromRow, Sqlite};
 use super::tasks::TERMINAL_SQL;
 use super::{Db, now_ms};
 use crate::domain::Stage;
+use crate::proc_group::Owned;
 
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq, Eq)]
 pub struct JobRow {
@@ -26,6 +27,20 @@ pub struct JobRow {
     pub context: String,
     pub claimed_by: Option<String>,
     pub pgid: Option<i64>,
+    pub pgid_start_time: Option<i64>,
+    pub pgid_token: Option<String>,
+}
+
+impl JobRow {
+    /// The job's recorded process group, to be checked before any signal.
+    pub fn group(&self) -> Option<Owned> {
+        let pgid = i32::try_from(self.pgid?).ok()?;
+        Some(Owned {
+            pgid,
+            start_time: self.pgid_start_time,
+            token: self.pgid_token.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,14 +241,17 @@ pub async fn candidates<'e>(
     sqlx::query_as(&sql).bind(limit).fetch_all(ex).await
 }
 
-/// Running jobs per project.
+/// Running jobs per project, except those of role `except` (finalizers do
+/// not count against the agent limits).
 pub async fn running_per_project<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
+    except: &str,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT t.project, COUNT(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
-         WHERE j.status = 'running' GROUP BY t.project",
+         WHERE j.status = 'running' AND j.role != ? GROUP BY t.project",
     )
+    .bind(except)
     .fetch_all(ex)
     .await
 }
@@ -258,13 +276,17 @@ pub async fn start<'e>(
     Ok(r.rows_affected() == 1)
 }
 
+/// Record the job's process group with what proves it ours later (the
+/// leader's start time, the token in its environment).
 pub async fn set_pgid<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     id: i64,
-    pgid: i64,
+    group: &Owned,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET pgid = ? WHERE id = ?")
-        .bind(pgid)
+    sqlx::query("UPDATE jobs SET pgid = ?, pgid_start_time = ?, pgid_token = ? WHERE id = ?")
+        .bind(i64::from(group.pgid))
+        .bind(group.start_time)
+        .bind(&group.token)
         .bind(id)
         .execute(ex)
         .await?;
@@ -308,6 +330,7 @@ pub async fn requeue<'e>(
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE jobs SET status = 'queued', boot_id = NULL, claimed_by = NULL, pgid = NULL,
+                pgid_start_time = NULL, pgid_token = NULL,
                 attempt = attempt + 1, error = ?, updated_at = ?
          WHERE id = ? AND status = 'running'",
     )

@@ -59,6 +59,60 @@ pub async fn put<'e>(
     Ok(())
 }
 
+/// A lease holder's fence (invariant 10): the task's lease generation as
+/// the holder acquired it. Every write the holder makes after planning is
+/// conditioned on it, so once the lease is force-released, reclaimed or
+/// taken over, the old holder's writes change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub task_id: i64,
+    pub generation: i64,
+}
+
+/// The SQL condition of a fenced write; binds the task id, then the
+/// generation. `tasks` may be the updated table itself.
+pub const FENCE_SQL: &str = "(SELECT f.lease_generation FROM tasks f WHERE f.id = ?) = ?";
+
+/// Bump the task's lease generation (acquire, force-release, reclaim):
+/// every holder of an older generation is fenced off. Returns the new one.
+pub async fn bump_generation<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    task_id: i64,
+) -> Result<i64, sqlx::Error> {
+    let g: Option<i64> = sqlx::query_scalar(
+        "UPDATE tasks SET lease_generation = lease_generation + 1 WHERE id = ? RETURNING lease_generation",
+    )
+    .bind(task_id)
+    .fetch_optional(ex)
+    .await?;
+    Ok(g.unwrap_or(0))
+}
+
+/// Whether `fence` still holds (the generation did not move).
+pub async fn fence_holds<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    fence: Fence,
+) -> Result<bool, sqlx::Error> {
+    let g: Option<i64> = sqlx::query_scalar("SELECT lease_generation FROM tasks WHERE id = ?")
+        .bind(fence.task_id)
+        .fetch_optional(ex)
+        .await?;
+    Ok(g == Some(fence.generation))
+}
+
+/// Take a lease away from whoever holds it (operator force-release, tier 3,
+/// start-up reclaim): delete the row if `holder` still owns it and bump
+/// the generation, in one transaction. True when this call revoked it.
+pub async fn revoke(db: &super::Db, task_id: i64, holder: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin_write().await?;
+    if !delete_if_holder(&mut *tx, task_id, holder).await? {
+        return Ok(false);
+    }
+    bump_generation(&mut *tx, task_id).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Delete the row only if `holder` still owns it.
 pub async fn delete_if_holder<'e>(
     ex: impl Executor<'e, Database = Sqlite>,

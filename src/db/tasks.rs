@@ -195,6 +195,43 @@ pub async fn set_hold<'e>(
     Ok(())
 }
 
+/// A lease holder's hold (invariant 10): only while its fence holds.
+pub async fn set_hold_fenced<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    fence: super::leases::Fence,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    let r = sqlx::query(
+        "UPDATE tasks SET hold_reason = ?, held_at = ?, updated_at = ? WHERE id = ? AND lease_generation = ?",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(now)
+    .bind(fence.task_id)
+    .bind(fence.generation)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A person's go-ahead (B-13): Confirm Deploy, an operator's retry. Lets
+/// the journal apply an effect whose outcome became unknown before now,
+/// once; clears the hold so the task can move.
+pub async fn grant_retry<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tasks SET retry_grants = retry_grants + 1, hold_reason = NULL, held_at = NULL, updated_at = ? WHERE id = ?",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
 pub async fn set_approved<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     id: i64,

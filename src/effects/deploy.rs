@@ -144,6 +144,7 @@ impl DeployDeps {
                 .map(|k| k.to_string())
                 .collect(),
             log: None,
+            survives_drop: false,
         }
     }
 }
@@ -413,13 +414,31 @@ impl MergePr {
 
 pub struct ProdDeploy(pub DeployDeps);
 
+/// How a production deploy run ended, as the journal must record it: only
+/// exit 0 (and, for the agent, its SUCCESS verdict) is a success; anything
+/// else reached production or may have, so the outcome is unknown and the
+/// task holds for a person (B-13). Never `Failed`: a deploy that started
+/// is never known not to have happened.
+pub(crate) fn deploy_verdict(
+    ended: Ended,
+    detail: &str,
+    info: &super::adopt::RunInfo,
+) -> Result<(), EffectError> {
+    match ended {
+        Ended::Exited(0) => Ok(()),
+        _ => Err(EffectError::Unknown(format!(
+            "deploy_status: FAILURE ({detail}); {info}. Check production, then set Confirm Deploy to run it again"
+        ))),
+    }
+}
+
 #[async_trait]
 impl Effect for ProdDeploy {
-    /// A deploy cannot be asked whether it ran. Only the marker written after
-    /// a successful run proves it; a crash while the command ran (or between
-    /// its exit and the marker) re-runs the deploy. Deploy commands must
-    /// therefore tolerate a re-run of the same commit: the lesser evil than
-    /// a merged change that silently never reaches production.
+    /// A deploy cannot be asked whether it ran. The marker written after a
+    /// successful run proves it did; the run's own records (`adopt.rs`) tell
+    /// the rest: never started → `None` (deploy now); still running → wait
+    /// for it; ended → judge its exit (and the agent's report); started but
+    /// its end unknown → `Unknown`: the task holds, a person decides.
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         match tokio::fs::read_to_string(self.0.marker(&ctx.transition_key, ".done")).await {
             Ok(text) => {
@@ -462,7 +481,8 @@ impl Effect for ProdDeploy {
         let timeout = Duration::from_secs(self.0.settings.deploy_timeout_s);
         tracing::info!(work_item = %wi, %commit, command, "production deploy started");
         let spec = self.0.command_spec(ctx, project, &dir, command);
-        let run = super::adopt::run(&self.0, ctx, spec, timeout)
+        let files = super::adopt::files(&self.0, ctx, "");
+        let run = super::adopt::run(&self.0, ctx, "", spec, timeout)
             .await
             .map_err(|e| {
                 failed(
@@ -470,19 +490,22 @@ impl Effect for ProdDeploy {
                     e,
                 )
             })?;
-        let (status, detail) = match run.ended {
-            Ended::Exited(0) => ("SUCCESS", "exit 0".to_string()),
-            Ended::Exited(n) => ("FAILURE", format!("exit {n}")),
-            Ended::Signaled(s) => ("FAILURE", format!("killed by signal {s}")),
-            Ended::TimedOut => (
-                "FAILURE",
-                format!(
-                    "timed out after {}s; process group killed",
-                    timeout.as_secs()
-                ),
+        let detail = match run.ended {
+            Ended::Exited(0) => "exit 0".to_string(),
+            Ended::Exited(n) => format!("exit {n}"),
+            Ended::Signaled(s) => format!("killed by signal {s}"),
+            Ended::TimedOut => format!(
+                "timed out after {}s; process group killed",
+                timeout.as_secs()
             ),
         };
+        let status = if run.ended == Ended::Exited(0) {
+            "SUCCESS"
+        } else {
+            "FAILURE"
+        };
         tracing::info!(work_item = %wi, status, %detail, secs = run.duration.as_secs_f64(), "production deploy ended");
+        let output = log_tail(&files.log).await;
         let report = DeployReport {
             work_item: wi,
             command,
@@ -490,13 +513,12 @@ impl Effect for ProdDeploy {
             status,
             detail: &detail,
             secs: run.duration.as_secs_f64(),
-            output: &run.output,
+            output: &output,
         };
         write_report(ctx, &report).await;
-        if status != "SUCCESS" {
-            return Err(EffectError::Failed(format!(
-                "deploy_status: FAILURE ({detail})"
-            )));
+        if run.ended != Ended::Exited(0) {
+            let info = super::adopt::info(&self.0, ctx, "").await;
+            deploy_verdict(run.ended, &detail, &info)?;
         }
         let result = "deploy_status: SUCCESS".to_string();
         self.mark_done(ctx, &result, &commit).await;
@@ -504,20 +526,45 @@ impl Effect for ProdDeploy {
     }
 }
 
+/// The last lines of a run's log, bounded (the report quotes them).
+async fn log_tail(log: &Path) -> String {
+    let log = log.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&log) else {
+            return String::new();
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let mut buf = Vec::new();
+        let _ = f.take(64 * 1024).read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 impl ProdDeploy {
-    /// A run started before a restart: wait for it and judge its recorded
-    /// exit (and, for the agent, its report) instead of deploying again.
+    /// A run started before (a restart, a person's retry): wait for it and
+    /// judge its recorded exit (and, for the agent, its report) instead of
+    /// deploying again.
     async fn adopt(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         use super::adopt::{self, Earlier};
         let wi = &ctx.task.work_item;
-        let ended = match adopt::earlier(&self.0, ctx).await? {
+        let ended = match adopt::earlier(&self.0, ctx, "").await? {
             Earlier::None => return Ok(None),
-            Earlier::Vanished => {
-                tracing::warn!(work_item = %wi, "the deploy started before the restart vanished without an exit: deploying again");
-                return Ok(None);
+            Earlier::Vanished(info) => {
+                tracing::warn!(work_item = %wi, %info, "the deploy started earlier ended without a recorded exit: outcome unknown, held for a person");
+                return Err(EffectError::Unknown(format!(
+                    "deploy_status: unknown (the deploy started earlier ended without recording its exit: the daemon, a signal or the host stopped it); {info}. Check production, then set Confirm Deploy to run it again"
+                )));
+            }
+            Earlier::TimedOut(info) => {
+                return Err(EffectError::Unknown(format!(
+                    "deploy_status: FAILURE (the deploy started earlier outlived ORCH_DEPLOY_TIMEOUT_S and was killed); {info}. Check production, then set Confirm Deploy to run it again"
+                )));
             }
             Earlier::Exited(code) => Ended::Exited(code),
-            Earlier::TimedOut => Ended::TimedOut,
         };
         let project = self.0.project(ctx)?;
         let verdict = if project.deploy_command.trim().is_empty() {
@@ -540,15 +587,14 @@ impl ProdDeploy {
             Ok(()) => {
                 let result =
                     "deploy_status: SUCCESS (the run started before a restart)".to_string();
-                tracing::info!(work_item = %wi, "adopted the deploy started before the restart: SUCCESS");
+                tracing::info!(work_item = %wi, "adopted the deploy started earlier: SUCCESS");
                 self.mark_done(ctx, &result, "").await;
                 Ok(Some(result))
             }
             Err(why) => {
-                // Consumed: after this hold, Confirm Deploy deploys afresh.
-                adopt::forget(&self.0, ctx).await;
-                Err(EffectError::Failed(format!(
-                    "deploy_status: FAILURE (the run started before a restart: {why})"
+                let info = adopt::info(&self.0, ctx, "").await;
+                Err(EffectError::Unknown(format!(
+                    "deploy_status: FAILURE (the run started earlier: {why}); {info}. Check production, then set Confirm Deploy to run it again"
                 )))
             }
         }
@@ -562,7 +608,7 @@ impl ProdDeploy {
         )
         .await
         {
-            tracing::warn!(work_item = %ctx.task.work_item, error = %e, "deploy marker not written: a crash before the stage write would re-run the deploy");
+            tracing::warn!(work_item = %ctx.task.work_item, error = %e, "deploy marker not written: a restart would hold the task for a person instead of trusting the run");
         }
     }
 }

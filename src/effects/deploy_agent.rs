@@ -123,7 +123,7 @@ pub(super) async fn deploy(
     tracing::info!(work_item = %wi, command = %spec.command, model = %spec.model, "production deploy by the deployer agent started");
     // Adoptable: a daemon crash does not stop it, and a restart waits for it
     // instead of deploying again (`adopt.rs`).
-    let run = super::adopt::run(deps, ctx, cmd, timeout)
+    let run = super::adopt::run(deps, ctx, "", cmd, timeout)
         .await
         .map_err(|e| failed("the deployer agent could not start", &e))?;
 
@@ -174,9 +174,12 @@ pub(super) async fn deploy(
             Ok("deploy_status: SUCCESS (deployer agent)".to_string())
         }
         Err(why) => {
+            // The agent ran: production may have changed. Unknown, held for
+            // a person (B-13), never re-run by the daemon.
             tracing::warn!(work_item = %wi, secs, "deployer agent: deploy_status FAILURE: {why}");
-            Err(EffectError::Failed(format!(
-                "deploy_status: FAILURE ({why})"
+            let info = super::adopt::info(deps, ctx, "").await;
+            Err(EffectError::Unknown(format!(
+                "deploy_status: FAILURE ({why}); {info}. Check production, then set Confirm Deploy to run it again"
             )))
         }
     }

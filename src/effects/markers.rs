@@ -43,8 +43,14 @@ pub const MARKERS: &[(&str, EffectKind)] = &[
     (".image_rebuild.done", EffectKind::ImageRebuild),
     // The wrapper's records of a deploy run (`adopt.rs`) and the deployer
     // agent's prompt and log (`deploy_agent.rs`).
+    (".started", EffectKind::ProdDeploy),
     (".pgid", EffectKind::ProdDeploy),
     (".exit", EffectKind::ProdDeploy),
+    (".log", EffectKind::ProdDeploy),
+    (".image_rebuild.started", EffectKind::ImageRebuild),
+    (".image_rebuild.pgid", EffectKind::ImageRebuild),
+    (".image_rebuild.exit", EffectKind::ImageRebuild),
+    (".image_rebuild.log", EffectKind::ImageRebuild),
     (".deployer-prompt.md", EffectKind::ProdDeploy),
     (".deployer.log", EffectKind::ProdDeploy),
 ];
@@ -279,14 +285,14 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        match state {
-            "done" => effects::mark_done(e.db.writer(), row.id, "ok")
+        // Set-up writes the state directly (no lease holder to fence).
+        if state != "planned" {
+            sqlx::query("UPDATE effects SET state = ? WHERE id = ?")
+                .bind(state)
+                .bind(row.id)
+                .execute(e.db.writer())
                 .await
-                .unwrap(),
-            "failed" => effects::mark_failed(e.db.writer(), row.id, "no")
-                .await
-                .unwrap(),
-            _ => {}
+                .unwrap();
         }
         (id, key)
     }

@@ -30,8 +30,10 @@ pub fn rolls_back(error: &str) -> bool {
     error.starts_with(known.trim_end()) && !error.contains(TOOL_ERROR)
 }
 
-/// The last number of a command's output, as the percentage it reports
-/// (`TOTAL 120 12 90.00%` → 90.0; `Coverage: 87.5` → 87.5).
+/// The last number of a command's output that can be a percentage, 0 to
+/// 100 (`TOTAL 120 12 90.00%` → 90.0; `Coverage: 87.5` → 87.5; in
+/// `lines: 81.3% (100 of 123)` the 123 is no percentage, 100 is the last
+/// that can be). A baseline above 100 would block every later task.
 pub fn last_percentage(output: &str) -> Option<f64> {
     let mut last = None;
     let mut cur = String::new();
@@ -40,6 +42,7 @@ pub fn last_percentage(output: &str) -> Option<f64> {
         if t.chars().any(|c| c.is_ascii_digit())
             && let Ok(v) = t.parse::<f64>()
             && v.is_finite()
+            && (0.0..=100.0).contains(&v)
         {
             last = Some(v);
         }
@@ -85,20 +88,51 @@ async fn checkout_branch_head(
 
 pub struct CoverageRatchet(pub DeployDeps);
 
+/// What `apply` hands to `record`: the measured percentage.
+const MEASURED: &str = "measured coverage ";
+
 #[async_trait]
 impl Effect for CoverageRatchet {
-    /// The baseline row names the transition whose pass wrote it last.
-    async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
-        let b = deploys::coverage_baseline(self.0.db.reader(), &ctx.task.project)
+    /// Only the baseline move is irreversible, and it is committed with the
+    /// effect's done row (`record`): a row still open means the baseline
+    /// did not move for this transition, so measuring again is right.
+    async fn reconcile(&self, _ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
+        Ok(None)
+    }
+
+    /// The ratchet step, in the journal's transaction that marks the effect
+    /// done: compare with the baseline and move it on a pass.
+    async fn record(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        ctx: &EffectCtx,
+        result: EffectResult,
+    ) -> Result<EffectResult, EffectError> {
+        let Some(pct) = result
+            .strip_prefix(MEASURED)
+            .and_then(|v| v.trim_end_matches('%').parse::<f64>().ok())
+        else {
+            return Ok(result);
+        };
+        let project = &ctx.task.project;
+        let verdict = deploys::ratchet_coverage(tx, project, pct, &ctx.transition_key)
             .await
-            .map_err(|e| EffectError::Unknown(format!("reading the coverage baseline: {e}")))?;
-        Ok(b.filter(|b| b.transition_key == ctx.transition_key)
-            .map(|b| {
-                format!(
-                    "coverage baseline {:.2}% (recorded before a restart)",
-                    b.percent
-                )
-            }))
+            .map_err(|e| {
+                EffectError::Failed(format!("{TOOL_ERROR}: recording the baseline: {e}"))
+            })?;
+        match verdict {
+            Ratchet::Dropped { baseline, measured } => {
+                tracing::warn!(work_item = %ctx.task.work_item, baseline, measured, "coverage dropped");
+                Err(EffectError::Failed(format!(
+                    "coverage dropped from {baseline:.2}% to {measured:.2}%"
+                )))
+            }
+            Ratchet::Passed { from, to } => {
+                let from = from.map_or("none".to_string(), |f| format!("{f:.2}%"));
+                tracing::info!(work_item = %ctx.task.work_item, measured = pct, %from, to, "coverage ratchet passed");
+                Ok(format!("coverage {pct:.2}%; baseline {from} -> {to:.2}%"))
+            }
+        }
     }
 
     async fn apply(&self, ctx: &EffectCtx) -> Result<EffectResult, EffectError> {
@@ -146,25 +180,8 @@ impl Effect for CoverageRatchet {
                 )));
             }
         };
-        let verdict =
-            deploys::ratchet_coverage(&self.0.db, &project.name, pct, &ctx.transition_key)
-                .await
-                .map_err(|e| {
-                    EffectError::Failed(format!("{TOOL_ERROR}: recording the baseline: {e}"))
-                })?;
-        match verdict {
-            Ratchet::Dropped { baseline, measured } => {
-                tracing::warn!(work_item = %ctx.task.work_item, baseline, measured, "coverage dropped");
-                Err(EffectError::Failed(format!(
-                    "coverage dropped from {baseline:.2}% to {measured:.2}%"
-                )))
-            }
-            Ratchet::Passed { from, to } => {
-                let from = from.map_or("none".to_string(), |f| format!("{f:.2}%"));
-                tracing::info!(work_item = %ctx.task.work_item, measured = pct, %from, to, "coverage ratchet passed");
-                Ok(format!("coverage {pct:.2}%; baseline {from} -> {to:.2}%"))
-            }
-        }
+        // The baseline moves in `record`, with the done row.
+        Ok(format!("{MEASURED}{pct}"))
     }
 }
 
@@ -179,18 +196,42 @@ fn tail(output: &str) -> String {
 
 pub struct ImageRebuild(pub DeployDeps);
 
+/// The image rebuild's run records (`adopt.rs`): `<key>.image_rebuild.*`.
+const IMAGE: &str = ".image_rebuild";
+
 #[async_trait]
 impl Effect for ImageRebuild {
-    /// Only a marker written after a successful build proves it ran.
+    /// The marker written after a successful build proves it ran; else the
+    /// run's records: never started → build; still running → wait; ended
+    /// or vanished without success → the image may be half pushed: unknown,
+    /// held for a person.
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
+        use super::adopt::{self, Earlier};
         let marker = self.0.marker(&ctx.transition_key, ".image_rebuild.done");
         match tokio::fs::read_to_string(&marker).await {
-            Ok(text) => Ok(Some(text.trim().to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(EffectError::Unknown(format!(
-                "cannot read {}: {e}",
-                marker.display()
+            Ok(text) => return Ok(Some(text.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(EffectError::Unknown(format!(
+                    "cannot read {}: {e}",
+                    marker.display()
+                )));
+            }
+        }
+        match adopt::earlier(&self.0, ctx, IMAGE).await? {
+            Earlier::None => Ok(None),
+            Earlier::Exited(0) => {
+                let result = "image rebuilt (the run started before a restart)".to_string();
+                self.mark_done(ctx, &result).await;
+                Ok(Some(result))
+            }
+            Earlier::Exited(n) => Err(EffectError::Unknown(format!(
+                "image rebuild started earlier exited {n}; {}",
+                adopt::info(&self.0, ctx, IMAGE).await
             ))),
+            Earlier::Vanished(info) | Earlier::TimedOut(info) => Err(EffectError::Unknown(
+                format!("image rebuild started earlier ended without a recorded success; {info}"),
+            )),
         }
     }
 
@@ -203,36 +244,46 @@ impl Effect for ImageRebuild {
         let _held = self.0.checkouts.lock(&project.name).await;
         let dir = checkout_branch_head(&self.0, ctx, project, "image rebuild").await?;
         let timeout = Duration::from_secs(self.0.settings.deploy_timeout_s);
-        let run = self
-            .0
-            .run_command(ctx, project, &dir, command, timeout)
+        let spec = self.0.command_spec(ctx, project, &dir, command);
+        // Detached and adoptable like a deploy: a push cut in half by a
+        // stopping daemon is worse than one that finishes.
+        let run = super::adopt::run(&self.0, ctx, IMAGE, spec, timeout)
             .await
             .map_err(|e| EffectError::Failed(format!("image rebuild could not start: {e}")))?;
+        let info = || super::adopt::info(&self.0, ctx, IMAGE);
         let result = match run.ended {
             Ended::Exited(0) => format!("image rebuilt in {:.1}s", run.duration.as_secs_f64()),
             Ended::Exited(n) => {
-                return Err(EffectError::Failed(format!(
-                    "image rebuild failed (exit {n}): {}",
-                    tail(&run.output)
+                return Err(EffectError::Unknown(format!(
+                    "image rebuild failed (exit {n}); {}",
+                    info().await
                 )));
             }
             Ended::Signaled(s) => {
-                return Err(EffectError::Failed(format!(
-                    "image rebuild killed by signal {s}"
+                return Err(EffectError::Unknown(format!(
+                    "image rebuild killed by signal {s}; {}",
+                    info().await
                 )));
             }
             Ended::TimedOut => {
-                return Err(EffectError::Failed(format!(
-                    "image rebuild timed out after {}s; process group killed",
-                    timeout.as_secs()
+                return Err(EffectError::Unknown(format!(
+                    "image rebuild timed out after {}s; process group killed; {}",
+                    timeout.as_secs(),
+                    info().await
                 )));
             }
         };
-        let marker = self.0.marker(&ctx.transition_key, ".image_rebuild.done");
-        if let Err(e) = write_durably(&marker, &result).await {
-            tracing::warn!(work_item = %ctx.task.work_item, error = %e, "image marker not written: a crash before the stage write would rebuild again");
-        }
+        self.mark_done(ctx, &result).await;
         Ok(result)
+    }
+}
+
+impl ImageRebuild {
+    async fn mark_done(&self, ctx: &EffectCtx, result: &str) {
+        let marker = self.0.marker(&ctx.transition_key, ".image_rebuild.done");
+        if let Err(e) = write_durably(&marker, result).await {
+            tracing::warn!(work_item = %ctx.task.work_item, error = %e, "image marker not written: a restart judges the run's records instead");
+        }
     }
 }
 
@@ -246,8 +297,11 @@ mod tests {
         assert_eq!(last_percentage("Coverage: 87.5\n"), Some(87.5));
         assert_eq!(
             last_percentage("lines......: 81.3% (100 of 123)\nok"),
-            Some(123.0)
+            Some(100.0)
         );
+        assert_eq!(last_percentage("coverage 123%"), None, "bounded to 0-100");
+        assert_eq!(last_percentage("coverage 100.5"), None);
+        assert_eq!(last_percentage("0.0"), Some(0.0));
         assert_eq!(last_percentage("covered 7."), Some(7.0));
         assert_eq!(last_percentage("no digits here."), None);
         assert_eq!(last_percentage(""), None);

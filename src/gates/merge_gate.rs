@@ -239,8 +239,9 @@ pub(super) async fn run_in_group(
             .map(|k| k.to_string())
             .collect(),
         log: None,
+        survives_drop: false,
     };
-    let record_pgid = |pgid: i32| rt.record_pgid(job, pgid);
+    let record_pgid = |group: proc_group::Owned| rt.record_pgid(job, group);
     proc_group::run_observed(
         &spec,
         Duration::from_secs(rt.settings.merge_retest_timeout_s),

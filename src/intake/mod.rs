@@ -286,6 +286,11 @@ impl Intake {
     /// every pending delivery. Run under `Supervisor::spawn_loop`.
     pub async fn tick(&self, idle: Duration) -> anyhow::Result<usize> {
         let _ = tokio::time::timeout(idle, self.0.wake.notified()).await;
+        // B-13: a graceful stop stores deliveries (they are acted on after
+        // the restart) but acts on none.
+        if self.0.pipeline.engine.drain().is_draining() {
+            return Ok(0);
+        }
         self.drain().await
     }
 

@@ -1,6 +1,7 @@
 //! Background loops: each a tick function run by the supervisor at an
 //! interval (`shutdown::Supervisor`), never panicking per tick.
 
+pub mod finalizer;
 pub mod post_deploy;
 pub mod reaper;
 pub mod reconciler;
@@ -33,15 +34,27 @@ pub async fn start(
     // F-25: STOP's counters live on the pipeline, shared by every actor.
     blocks.push(rt.pipeline.stops.clone());
 
+    // The worker wakes at its poll interval, or at once when the pipeline
+    // queues a job a person waits for (the deploy finalizer).
     let w = rt.clone();
-    supervisor.spawn_loop(
-        "worker",
-        Duration::from_millis(s.worker_poll_interval_ms),
-        move || {
-            let w = w.clone();
-            async move { worker::tick(&w).await.map(|_| ()) }
-        },
-    );
+    let poll = Duration::from_millis(s.worker_poll_interval_ms);
+    supervisor.spawn_loop("worker", Duration::from_millis(10), move || {
+        let w = w.clone();
+        async move {
+            let stop = w.shutdown.clone();
+            tokio::select! {
+                _ = w.pipeline.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                // A graceful stop: no new work; idle until the supervisor
+                // ends the loop between ticks.
+                _ = stop.wait() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return Ok(());
+                }
+            }
+            worker::tick(&w).await.map(|_| ())
+        }
+    });
     if s.reaper_enabled {
         let stats = Arc::new(reaper::ReaperStats::default());
         blocks.push(stats.clone());

@@ -30,7 +30,6 @@ use crate::domain::Stage;
 use crate::effects::markers;
 use crate::http::StatusBlock;
 use crate::pipeline::Pipeline;
-use crate::stage_engine::Outcome;
 
 /// The actor name of the monitor's status writes.
 pub const ACTOR: &str = "post-deploy-monitor";
@@ -76,12 +75,14 @@ impl StatusBlock for PostDeployStats {
 pub async fn tick(p: &Pipeline, stats: &PostDeployStats) -> anyhow::Result<()> {
     for id in deploys::interrupted_transitions(p.db.reader()).await? {
         // The engine's rule: a journaled intent at this version is
-        // completed (a live holder makes this LeaseBusy, a no-op).
-        let out = p.advance(id, ACTOR).await?;
-        if matches!(out, Outcome::Advanced { .. }) {
+        // completed, by the finalizer job (effects never run in a tick).
+        let Some(task) = tasks::get(p.db.reader(), id).await? else {
+            continue;
+        };
+        if let crate::db::jobs::Enqueued::New(job) = p.queue_finalizer(id, task.stage).await? {
             stats.resumed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(work_item = %task.work_item, job, "interrupted deploy-path transition: finalizer queued");
         }
-        tracing::info!(task_id = id, outcome = ?out, "interrupted deploy-path transition resumed");
     }
     let now = now_ms();
     let window_ms = (p.settings.post_deploy_window_s as i64).saturating_mul(1000);

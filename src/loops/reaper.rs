@@ -18,7 +18,6 @@ use crate::agents::monitor;
 use crate::agents::runtime::Runtime;
 use crate::db::{jobs, tasks};
 use crate::http::StatusBlock;
-use crate::proc_group;
 use crate::stage_engine::ForceRelease;
 
 #[derive(Debug, Default)]
@@ -50,6 +49,11 @@ pub async fn tick(rt: &Runtime, stats: &Arc<ReaperStats>) -> anyhow::Result<()> 
     let grace_ms = rt.settings.reaper_finalize_grace_s as i64 * 1000;
 
     for job in jobs::running_since(rt.db.reader(), now - ceiling_ms).await? {
+        // A finalizer's effect has its own bound (ORCH_DEPLOY_TIMEOUT_S) and
+        // its own adoption: a ceiling must not fence a deploy mid-way.
+        if job.role == super::finalizer::ROLE {
+            continue;
+        }
         if tier3(rt, &job).await? {
             stats.tier3_killed.fetch_add(1, Ordering::Relaxed);
         }
@@ -70,12 +74,17 @@ async fn tier3(rt: &Runtime, job: &jobs::JobRow) -> anyhow::Result<bool> {
         "tier 3: running longer than {}s",
         rt.settings.reaper_max_running_s
     );
-    if let Some(pgid) = job.pgid {
-        proc_group::kill_group(
-            pgid as i32,
-            Duration::from_secs(rt.settings.agent_kill_grace_s),
-        )
-        .await;
+    if let Some(group) = job.group() {
+        // Only the group we started: a reused id is left alone.
+        let kill = group
+            .kill(Duration::from_secs(rt.settings.agent_kill_grace_s))
+            .await;
+        tracing::info!(
+            job = job.id,
+            pgid = group.pgid,
+            ?kill,
+            "tier 3: process group"
+        );
     }
     if !jobs::transition(rt.db.writer(), job.id, "running", "failed", Some(&why)).await? {
         return Ok(false);

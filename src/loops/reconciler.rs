@@ -72,6 +72,14 @@ pub async fn tick(rt: &Runtime, stats: &Arc<ReconcilerStats>) -> anyhow::Result<
     );
     let stuck: Vec<TaskRow> = sqlx::query_as(&sql).fetch_all(rt.db.reader()).await?;
     for t in stuck {
+        if crate::pipeline::exit_has_effects(t.stage) {
+            // Irreversible effects never run inside a tick (B-13): the
+            // finalizer job carries the transition on.
+            let q = rt.pipeline.queue_finalizer(t.id, t.stage).await?;
+            stats.jobs_queued.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(work_item = %t.work_item, job = q.id(), "reconciler queued the finalizer of a finished stage");
+            continue;
+        }
         match rt.pipeline.advance(t.id, "reconciler").await? {
             Outcome::Advanced { .. } | Outcome::RolledBack { .. } | Outcome::Cancelled { .. } => {
                 stats.advanced.fetch_add(1, Ordering::Relaxed);

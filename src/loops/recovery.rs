@@ -45,11 +45,16 @@ pub async fn requeue_running_jobs(rt: &Runtime) -> anyhow::Result<Recovered> {
                         .await?;
                     monitor::complete(rt, job.id, "recovery").await?;
                     out.finalized += 1;
-                } else if let Some(pgid) = job.pgid.filter(|p| proc_group::group_alive(*p as i32)) {
-                    tracing::info!(job = job.id, pgid, work_item = %task.work_item, "adopting a running agent");
-                    tokio::spawn(adopt(rt.clone(), job.clone(), r.id, pgid as i32));
+                } else if let Some(group) = job
+                    .group()
+                    .filter(|g| g.check() == proc_group::Ownership::Ours)
+                {
+                    tracing::info!(job = job.id, pgid = group.pgid, work_item = %task.work_item, "adopting a running agent");
+                    tokio::spawn(adopt(rt.clone(), job.clone(), r.id, group));
                     out.adopted += 1;
                 } else {
+                    // Gone, or its id names someone else's group now (a
+                    // reboot, a reused pid): left alone, the run is lost.
                     requeue(rt, &job, &task.work_item).await?;
                     out.requeued += 1;
                 }
@@ -75,8 +80,9 @@ async fn requeue(rt: &Runtime, job: &JobRow, work_item: &str) -> anyhow::Result<
 }
 
 /// Wait for an agent we did not spawn (no `wait()` possible): poll its
-/// process group, then read the exit code the wrapper left.
-async fn adopt(rt: Runtime, job: JobRow, run_id: i64, pgid: i32) {
+/// process group while it is still ours, then read the exit code the
+/// wrapper left.
+async fn adopt(rt: Runtime, job: JobRow, run_id: i64, group: proc_group::Owned) {
     let stop = rt.shutdown.clone().wait();
     tokio::pin!(stop);
     loop {
@@ -84,7 +90,11 @@ async fn adopt(rt: Runtime, job: JobRow, run_id: i64, pgid: i32) {
             _ = &mut stop => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        if !proc_group::group_alive(pgid) {
+        let g = group.clone();
+        let ours = tokio::task::spawn_blocking(move || g.check())
+            .await
+            .unwrap_or(proc_group::Ownership::Gone);
+        if ours != proc_group::Ownership::Ours {
             break;
         }
     }

@@ -8,19 +8,22 @@ use crate::agents::monitor;
 use crate::agents::runtime::Runtime;
 use crate::db::{jobs, merge_lease};
 use crate::gates::merge_gate;
+use crate::loops::finalizer;
 
 /// Start what fits. Returns the ids of the jobs started.
 pub async fn tick(rt: &Runtime) -> anyhow::Result<Vec<i64>> {
-    let mut running: HashMap<String, u64> = jobs::running_per_project(rt.db.reader())
-        .await?
-        .into_iter()
-        .map(|(p, n)| (p, n as u64))
-        .collect();
+    let mut running: HashMap<String, u64> =
+        jobs::running_per_project(rt.db.reader(), finalizer::ROLE)
+            .await?
+            .into_iter()
+            .map(|(p, n)| (p, n as u64))
+            .collect();
     let mut total: u64 = running.values().sum();
     let global = rt.settings.max_concurrent_jobs;
     let per_project = rt.settings.max_concurrent_jobs_per_project;
     let mut started = Vec::new();
-    if total >= global {
+    // B-13: a graceful stop takes no new work.
+    if rt.pipeline.engine.drain().is_draining() {
         return Ok(started);
     }
     for c in jobs::candidates(rt.db.reader(), 200).await? {
@@ -36,11 +39,15 @@ pub async fn tick(rt: &Runtime) -> anyhow::Result<Vec<i64>> {
             .await?;
             continue;
         }
-        if total >= global {
-            break;
+        // A finalizer is a person's decision (or a transition a crash cut
+        // short) waiting on effects, not agent work: the agent limits do
+        // not hold it back, and it does not count against them.
+        let finalizer = c.job.role == finalizer::ROLE;
+        if total >= global && !finalizer {
+            continue;
         }
         let n = running.entry(c.project.clone()).or_default();
-        if *n >= per_project {
+        if *n >= per_project && !finalizer {
             continue;
         }
         if c.job.role == merge_gate::ROLE
@@ -54,8 +61,10 @@ pub async fn tick(rt: &Runtime) -> anyhow::Result<Vec<i64>> {
         if !jobs::start(rt.db.writer(), c.job.id, &rt.boot_id, rt.clock.now_ms()).await? {
             continue;
         }
-        *n += 1;
-        total += 1;
+        if !finalizer {
+            *n += 1;
+            total += 1;
+        }
         started.push(c.job.id);
         let mut job = c.job;
         job.status = "running".into();
@@ -63,6 +72,8 @@ pub async fn tick(rt: &Runtime) -> anyhow::Result<Vec<i64>> {
         tracing::info!(job = job.id, role = %job.role, stage = %job.stage, project = %c.project, "job started");
         if job.role == merge_gate::ROLE {
             tokio::spawn(merge_gate::run(rt.clone(), rt.merge_gate.clone(), job));
+        } else if finalizer {
+            tokio::spawn(finalizer::run(rt.pipeline.clone(), job));
         } else {
             tokio::spawn(monitor::run_job(rt.clone(), job));
         }

@@ -299,16 +299,18 @@ impl Pipeline {
         let running = jobs::cancel_all_for_task(&self.db, task.id, JOB_REASON).await?;
         let grace = Duration::from_secs(self.settings.agent_kill_grace_s);
         for j in jobs::for_task(self.db.reader(), task.id).await? {
-            let Some(pgid) = j.pgid.filter(|_| j.status == "cancelled") else {
+            let Some(group) = j.group().filter(|_| j.status == "cancelled") else {
                 continue;
             };
+            let pgid = group.pgid;
             let fresh = running.iter().any(|r| r.id == j.id);
             let run = runs::latest_for_job(self.db.reader(), j.id).await?;
             let open_run = run.as_ref().filter(|r| r.exit_code.is_none());
             if !fresh && open_run.is_none() {
                 continue;
             }
-            let kill = proc_group::kill_group(pgid as i32, grace).await;
+            // Only the group we started: after a restart the id may be reused.
+            let kill = group.kill(grace).await;
             tracing::info!(work_item = %task.work_item, job = j.id, pgid, ?kill, "agent group stopped");
             let code = match kill {
                 GroupKill::Terminated => 128 + 15,
@@ -317,6 +319,8 @@ impl Pipeline {
                 // crash leftover nobody will, and an open run would keep this
                 // (by then reusable) pgid under watch forever.
                 GroupKill::AlreadyGone if !fresh => proc_group::EXIT_UNKNOWN as i64,
+                // The id names someone else's group now: ours is gone.
+                GroupKill::NotOurs => proc_group::EXIT_UNKNOWN as i64,
                 GroupKill::AlreadyGone | GroupKill::Refused => continue,
             };
             if matches!(kill, GroupKill::Terminated | GroupKill::Killed) {

@@ -22,16 +22,46 @@ use crate::domain::{EffectKind, Stage};
 use crate::effects::ratchet;
 use crate::stage_engine::{EngineError, Outcome, transition_key};
 
-/// The actor name of the finalizer's engine calls and status writes.
+/// The actor name of the finalizer's engine calls and status writes, and
+/// the role of its job.
 pub const FINALIZER: &str = "deploy-finalizer";
 /// The actor of the coverage gate's rollback.
 pub const COVERAGE_GATE: &str = "coverage-gate";
 
 impl Pipeline {
-    /// Confirm Deploy (F-23, phase B): record the confirmation, show
-    /// Deploying, then let the engine merge, deploy and move to done.
+    /// A person's Confirm Deploy (F-23, phase B), as the intake handles it:
+    /// record the decision, show Deploying, and queue the finalizer as a
+    /// job of its own (B-13: an effect never runs inside the intake's turn,
+    /// so a 30-minute deploy delays no other task's webhook). The job id.
+    pub async fn request_deploy(&self, task_id: i64, actor: &str) -> Result<i64, EngineError> {
+        let Some(task) = self.record_confirmation(task_id, actor).await? else {
+            return Ok(0);
+        };
+        let q = self.queue_finalizer(task_id, Stage::Deploy).await?;
+        tracing::info!(work_item = %task.work_item, job = q.id(), "deploy finalizer queued");
+        Ok(q.id())
+    }
+
+    /// Queue the finalizer job of a task at `stage` (idempotent: one active
+    /// job per task and stage) and wake the worker. The finalizer carries a
+    /// transition with irreversible effects to its end in a job of its own:
+    /// never inside the intake's turn or a loop's tick (B-13), durable
+    /// across a restart, visible in `/queue`.
+    pub async fn queue_finalizer(
+        &self,
+        task_id: i64,
+        stage: Stage,
+    ) -> Result<crate::db::jobs::Enqueued, EngineError> {
+        let q = crate::db::jobs::enqueue(&self.db, task_id, stage, FINALIZER, 1, "").await?;
+        self.wake.notify_one();
+        Ok(q)
+    }
+
+    /// Confirm Deploy and run the finalizer now, in the caller (tests, the
+    /// replay CLI): [`Pipeline::request_deploy`] without the job.
     /// Idempotent: a repeat after done finds the task terminal; a repeat
-    /// after a HOLD retries the failed effect (a done one is not re-run).
+    /// after a HOLD retries the effect (a done one is not re-run; one whose
+    /// outcome was unknown runs once more: this is a person's decision).
     pub async fn confirm_deploy(&self, task_id: i64, actor: &str) -> Result<Outcome, EngineError> {
         let Some(task) = tasks::get(self.db.reader(), task_id).await? else {
             return Ok(Outcome::NotFound);
@@ -46,14 +76,40 @@ impl Pipeline {
                 }
             });
         }
+        self.record_confirmation(task_id, actor).await?;
+        self.finalize_deploy(task_id, actor).await
+    }
+
+    /// Record a person's Confirm Deploy at deploy: the gate's input, the
+    /// go-ahead for an effect whose outcome was unknown (B-13), Deploying
+    /// in the tracker. `None` when the task is not at deploy.
+    async fn record_confirmation(
+        &self,
+        task_id: i64,
+        actor: &str,
+    ) -> Result<Option<TaskRow>, EngineError> {
+        let Some(task) = tasks::get(self.db.reader(), task_id).await? else {
+            return Ok(None);
+        };
+        if task.stage != Stage::Deploy {
+            return Ok(None);
+        }
         tasks::set_deploy_confirmed(self.db.writer(), task_id).await?;
+        tasks::grant_retry(self.db.writer(), task_id).await?;
+        tracing::info!(work_item = %task.work_item, actor, "Confirm Deploy recorded");
         // Before the merge: the guard allows it while the task is not terminal.
         if let Err(e) = self.set_status(&task, "deploying", FINALIZER).await {
             tracing::warn!(work_item = %task.work_item, error = %e, "Deploying not shown");
         }
+        Ok(Some(task))
+    }
+
+    /// The deploy finalizer: the engine merges, deploys and moves to done;
+    /// then what follows the move. Run by the finalizer job.
+    pub async fn finalize_deploy(&self, task_id: i64, actor: &str) -> Result<Outcome, EngineError> {
         let out = self.engine.advance_stage(task_id, actor).await?;
         self.after_move(task_id, &out).await?;
-        tracing::info!(work_item = %task.work_item, outcome = ?out, "deploy finalizer");
+        tracing::info!(task_id, outcome = ?out, "deploy finalizer");
         Ok(out)
     }
 
@@ -110,8 +166,10 @@ impl Pipeline {
         task_id: i64,
         out: &Outcome,
     ) -> Result<(), EngineError> {
-        let Outcome::EffectFailed { stage, kind, error } = out else {
-            return Ok(());
+        let (stage, kind, error, unknown) = match out {
+            Outcome::EffectFailed { stage, kind, error } => (stage, kind, error, false),
+            Outcome::EffectUnknown { stage, kind, error } => (stage, kind, error, true),
+            _ => return Ok(()),
         };
         let Some(task) = tasks::get(self.db.reader(), task_id).await? else {
             return Ok(());
@@ -134,7 +192,8 @@ impl Pipeline {
             task.stage_version,
             kind.as_str()
         );
-        if *kind == EffectKind::CoverageRatchet
+        if !unknown
+            && *kind == EffectKind::CoverageRatchet
             && *stage == Stage::DeployStaging
             && ratchet::rolls_back(error)
         {
@@ -152,17 +211,29 @@ impl Pipeline {
             // Boxed: after_move called us.
             return Box::pin(self.after_move(task_id, &rolled)).await;
         }
-        let retry = if *stage == Stage::Deploy {
-            "The task is held at deploy. Fix the cause, then set Confirm Deploy again to retry \
-             (a merge that already happened is not repeated)."
-        } else {
-            "The task is held; an operator must look at it."
+        let retry = match (*stage == Stage::Deploy, unknown) {
+            (true, true) => {
+                "The task is held at deploy: the daemon will not run this again on its own. \
+                 Check what reached production, then set Confirm Deploy to run it once more \
+                 (a merge that already happened is not repeated)."
+            }
+            (true, false) => {
+                "The task is held at deploy. Fix the cause, then set Confirm Deploy again to retry \
+                 (a merge that already happened is not repeated)."
+            }
+            (false, _) => "The task is held; an operator must look at it.",
         };
+        let what = if unknown {
+            "⚠️ the outcome of"
+        } else {
+            "⛔"
+        };
+        let verb = if unknown { "is unknown" } else { "failed" };
         self.comment(
             &task,
             &ckey,
             &format!(
-                "<p>⛔ {} failed: {}</p><p>{retry}</p>",
+                "<p>{what} {} {verb}: {}</p><p>{retry}</p>",
                 kind.as_str(),
                 html_escape(error)
             ),

@@ -32,6 +32,9 @@ pub struct Pipeline {
     pub workspace: crate::git::Workspace,
     /// The `stop` block of `/queue` (F-25).
     pub stops: Arc<cancel::StopStats>,
+    /// Wakes the job worker at once when the pipeline queues a job that a
+    /// person waits for (the deploy finalizer).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The agent role whose job starts when a task enters `stage`. `deploy`
@@ -42,6 +45,15 @@ pub fn job_role(stage: Stage) -> Option<&'static str> {
         s if s.is_terminal() => None,
         s => s.spec().role,
     }
+}
+
+/// Whether moving on from `stage` runs irreversible effects (deploy-staging
+/// → deploy, deploy → done): such a move is the finalizer job's, never a
+/// loop's tick or the intake's turn (B-13).
+pub fn exit_has_effects(stage: Stage) -> bool {
+    stage
+        .next()
+        .is_some_and(|next| !stage.effects_to(next).is_empty())
 }
 
 impl Pipeline {
@@ -89,9 +101,11 @@ impl Pipeline {
             Outcome::Advanced { to, .. } => (*to, String::new()),
             Outcome::RolledBack { to, reason, .. } => (*to, reason.clone()),
             Outcome::Cancelled { .. } => (Stage::Cancelled, String::new()),
-            // F-19, F-23: the engine held the task; say why (and roll a
-            // coverage drop back).
-            Outcome::EffectFailed { .. } => return self.after_effect_failed(task_id, out).await,
+            // F-19, F-23, B-13: the engine held the task; say why (and roll
+            // a coverage drop back).
+            Outcome::EffectFailed { .. } | Outcome::EffectUnknown { .. } => {
+                return self.after_effect_failed(task_id, out).await;
+            }
             _ => return Ok(()),
         };
         let Some(task) = tasks::get(self.db.reader(), task_id).await? else {

@@ -70,6 +70,13 @@ pub fn describe(out: &Outcome) -> String {
         Outcome::EffectFailed { stage, kind, error } => {
             format!("stays at {stage}: {} failed: {error}", kind.as_str())
         }
+        Outcome::EffectUnknown { stage, kind, error } => format!(
+            "held at {stage}: the outcome of {} is unknown: {error}",
+            kind.as_str()
+        ),
+        Outcome::Draining => {
+            "deferred: the daemon is stopping; carried on after the restart".into()
+        }
         Outcome::LeaseBusy { actor, .. } => {
             format!("deferred: {actor} holds the task (the reconciler converges it)")
         }
@@ -184,11 +191,11 @@ impl Pipeline {
                     return Ok(refused(&task, "Confirm Deploy", "deploy"));
                 }
                 // F-23: the deploy finalizer merges, deploys and arms the
-                // post-deploy monitor (pipeline/deploy.rs).
-                let out = self.confirm_deploy(task.id, ACTOR).await?;
+                // post-deploy monitor (pipeline/deploy.rs) as a job of its
+                // own: never inside the intake's turn (B-13).
+                let job = self.request_deploy(task.id, ACTOR).await?;
                 Ok(Handled::Done(format!(
-                    "deploy confirmed; {}",
-                    describe(&out)
+                    "deploy confirmed; finalizer job {job} queued"
                 )))
             }
             other => Ok(Handled::Ignored(format!(

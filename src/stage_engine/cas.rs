@@ -18,6 +18,9 @@ pub(crate) struct StageWrite<'a> {
     pub task_id: i64,
     pub from: Stage,
     pub from_version: i64,
+    /// The writer's lease generation (invariant 10): a holder whose lease
+    /// was taken away loses the CAS.
+    pub generation: i64,
     pub to: Stage,
     pub actor: &'a str,
     pub reason: &'a str,
@@ -35,7 +38,7 @@ pub(crate) async fn write_stage(
         "UPDATE tasks SET stage = ?, stage_version = stage_version + 1, updated_at = ?,
                 hold_reason = NULL, held_at = NULL,
                 tombstoned_at = CASE WHEN ? THEN ? ELSE tombstoned_at END
-         WHERE id = ? AND stage = ? AND stage_version = ?",
+         WHERE id = ? AND stage = ? AND stage_version = ? AND lease_generation = ?",
     )
     .bind(w.to)
     .bind(now)
@@ -44,6 +47,7 @@ pub(crate) async fn write_stage(
     .bind(w.task_id)
     .bind(w.from)
     .bind(w.from_version)
+    .bind(w.generation)
     .execute(&mut **tx)
     .await?;
     if r.rows_affected() != 1 {

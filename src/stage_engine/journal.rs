@@ -1,7 +1,17 @@
-//! The effect journal (B-1): an irreversible effect runs only under a held
-//! lease and only through here. `planned` is committed before the outside
-//! call, `done` after it; a `planned` row found later (a crash came between)
-//! is first reconciled against the outside world before anything reruns.
+//! The effect journal (B-1, B-13): an irreversible effect runs only under a
+//! held lease and only through here. `planned` is committed before the
+//! outside call, `done` after it; a row found open later (a crash came
+//! between) is first reconciled against the outside world before anything
+//! reruns.
+//!
+//! Row states: `planned` (in flight, or a crash came between), `done`,
+//! `failed` (provably never reached the outside: any later attempt may
+//! apply it) and `unknown` (it may have reached the outside and did not
+//! provably succeed: a deploy that timed out, was killed or vanished). An
+//! `unknown` row holds the task; the journal applies it again only after a
+//! person decided so (the task's `retry_grants` moved past the row's), and
+//! asks `reconcile` first even then. Every write after planning is fenced
+//! by the holder's lease generation (invariant 10).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,9 +19,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::EngineError;
+use sqlx::SqliteConnection;
+
 use crate::db::Db;
 use crate::db::effects::{self, Planned};
-use crate::db::leases;
+use crate::db::leases::{self, Fence};
 use crate::db::tasks::TaskRow;
 use crate::domain::{EffectKind, Stage};
 
@@ -30,13 +42,22 @@ pub type EffectResult = String;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EffectError {
-    /// Known not to have happened: safe to try again later.
+    /// Known not to have reached the outside: safe to try again later.
     #[error("effect failed: {0}")]
     Failed(String),
-    /// May or may not have happened (a timeout mid-call): the row stays
-    /// planned and the next attempt reconciles first.
+    /// May have reached the outside and did not provably succeed (a timeout
+    /// mid-call, a deploy killed by a signal or that vanished): the row is
+    /// `unknown`, the task holds until a person decides.
     #[error("effect outcome unknown: {0}")]
     Unknown(String),
+}
+
+impl EffectError {
+    pub fn message(&self) -> &str {
+        match self {
+            EffectError::Failed(m) | EffectError::Unknown(m) => m,
+        }
+    }
 }
 
 #[async_trait]
@@ -46,6 +67,18 @@ pub trait Effect: Send + Sync {
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError>;
     /// Make it happen. Idempotent where the outside allows it.
     async fn apply(&self, ctx: &EffectCtx) -> Result<EffectResult, EffectError>;
+    /// Writes to the daemon's own database that ARE the effect's record (the
+    /// coverage baseline): run inside the fenced transaction that marks the
+    /// row done, so they happen exactly when it is recorded and never twice.
+    /// An error rolls them back and records the effect as that error.
+    async fn record(
+        &self,
+        _tx: &mut SqliteConnection,
+        _ctx: &EffectCtx,
+        result: EffectResult,
+    ) -> Result<EffectResult, EffectError> {
+        Ok(result)
+    }
 }
 
 /// Effect implementations by kind. A transition whose effect kind has no
@@ -108,6 +141,7 @@ pub(crate) struct RunArgs<'a> {
     pub ctx: &'a EffectCtx,
     pub version: i64,
     pub holder: &'a str,
+    pub fence: Fence,
     pub at: &'a (dyn Fn(JournalPoint) + Send + Sync),
 }
 
@@ -115,26 +149,23 @@ pub(crate) async fn run(a: RunArgs<'_>) -> Result<Ran, EngineError> {
     let key = a.ctx.transition_key.as_str();
     let kind = a.ctx.kind.as_str();
     let task_id = a.ctx.task.id;
+    let lost = || EngineError::LeaseLost { task_id };
 
     // Plan (or find the plan) in one IMMEDIATE transaction, fenced by the
-    // lease: a holder that lost its lease (operator force-release) stops here.
+    // lease: a holder that lost its lease (force-release, reclaim) stops here.
     let mut tx = a.db.begin_write().await?;
     match leases::get(&mut *tx, task_id).await? {
         Some(l) if l.holder == a.holder => {}
-        _ => return Err(EngineError::LeaseLost { task_id }),
+        _ => return Err(lost()),
     }
-    let existing = effects::get(&mut *tx, key, kind).await?;
-    let (row_id, reconcile_first) = match existing {
+    if !leases::fence_holds(&mut *tx, a.fence).await? {
+        return Err(lost());
+    }
+    let found = match effects::get(&mut *tx, key, kind).await? {
         Some(row) if row.state == "done" => {
             return Ok(Ran::Skipped(row.result.unwrap_or_default()));
         }
-        Some(row) => {
-            // planned: a crash (or a lost holder) came between plan and done.
-            // failed: known not to have happened; plan again.
-            let was_planned = row.state == "planned";
-            effects::replan(&mut *tx, row.id, a.holder).await?;
-            (row.id, was_planned)
-        }
+        Some(row) => Some(row),
         None => {
             effects::insert_planned(
                 &mut *tx,
@@ -149,56 +180,128 @@ pub(crate) async fn run(a: RunArgs<'_>) -> Result<Ran, EngineError> {
                 },
             )
             .await?;
-            let row = effects::get(&mut *tx, key, kind)
+            None
+        }
+    };
+    let granted = match &found {
+        Some(row) if row.state == "unknown" => effects::retry_granted(&mut *tx, row.id).await?,
+        _ => false,
+    };
+    let row_id = match &found {
+        Some(row) => row.id,
+        None => {
+            effects::get(&mut *tx, key, kind)
                 .await?
-                .ok_or_else(|| EngineError::Internal("planned row vanished".into()))?;
-            (row.id, false)
+                .ok_or_else(|| EngineError::Internal("planned row vanished".into()))?
+                .id
         }
     };
     tx.commit().await?;
+
+    if let Some(row) = &found {
+        // planned: a crash (or a lost holder) came between plan and done;
+        // unknown: an earlier attempt may have reached the outside. Either
+        // way the outside is asked before anything is applied again.
+        // failed: known not to have happened; plan again.
+        if row.state != "failed" {
+            match a.effect.reconcile(a.ctx).await {
+                Ok(Some(result)) => {
+                    let result = record_done(&a, row_id, result).await?;
+                    (a.at)(JournalPoint::AfterDone);
+                    tracing::info!(
+                        task_id,
+                        key,
+                        kind,
+                        "effect had already happened: recorded, not applied again"
+                    );
+                    return Ok(Ran::Reconciled(result));
+                }
+                // Provably did not happen: applied below.
+                Ok(None) => {}
+                Err(e) if granted => {
+                    tracing::warn!(task_id, key, kind, error = %e, "outcome still unknown; a person decided to run it again");
+                }
+                Err(e) => {
+                    // Cannot tell, and nobody decided: hold, apply nothing.
+                    let e = EffectError::Unknown(e.message().to_string());
+                    if !effects::mark_unknown(a.db.writer(), row_id, &e.to_string(), a.fence)
+                        .await?
+                    {
+                        return Err(lost());
+                    }
+                    return Err(EngineError::Effect {
+                        kind: a.ctx.kind,
+                        error: e,
+                    });
+                }
+            }
+        }
+        if !effects::replan(a.db.writer(), row_id, a.holder, a.fence).await? {
+            return Err(lost());
+        }
+    }
     (a.at)(JournalPoint::AfterPlanned);
 
-    if reconcile_first {
-        match a.effect.reconcile(a.ctx).await {
-            Ok(Some(result)) => {
-                effects::mark_done(a.db.writer(), row_id, &result).await?;
-                (a.at)(JournalPoint::AfterDone);
-                tracing::info!(
-                    task_id,
-                    key,
-                    kind,
-                    "effect had already happened: recorded, not applied again"
-                );
-                return Ok(Ran::Reconciled(result));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // Cannot tell: leave it planned, apply nothing.
-                return Err(EngineError::Effect {
-                    kind: a.ctx.kind,
-                    error: e,
-                });
-            }
-        }
+    let applied = a.effect.apply(a.ctx).await;
+    if applied.is_ok() {
+        (a.at)(JournalPoint::AfterApply);
     }
+    let result = match applied {
+        Ok(result) => record_done(&a, row_id, result).await?,
+        Err(e) => return Err(record_error(&a, row_id, e).await?),
+    };
+    (a.at)(JournalPoint::AfterDone);
+    Ok(Ran::Applied(result))
+}
 
-    match a.effect.apply(a.ctx).await {
-        Ok(result) => {
-            (a.at)(JournalPoint::AfterApply);
-            effects::mark_done(a.db.writer(), row_id, &result).await?;
-            (a.at)(JournalPoint::AfterDone);
-            Ok(Ran::Applied(result))
+/// The fenced done row, with the effect's own record in the same
+/// transaction.
+async fn record_done(
+    a: &RunArgs<'_>,
+    row_id: i64,
+    result: EffectResult,
+) -> Result<EffectResult, EngineError> {
+    let mut tx = a.db.begin_write().await?;
+    let result = match a.effect.record(&mut tx, a.ctx, result).await {
+        Ok(r) => r,
+        Err(e) => {
+            tx.rollback().await?;
+            return Err(record_error(a, row_id, e).await?);
         }
-        Err(e @ EffectError::Failed(_)) => {
-            effects::mark_failed(a.db.writer(), row_id, &e.to_string()).await?;
-            Err(EngineError::Effect {
-                kind: a.ctx.kind,
-                error: e,
-            })
-        }
-        Err(e @ EffectError::Unknown(_)) => Err(EngineError::Effect {
-            kind: a.ctx.kind,
-            error: e,
-        }),
+    };
+    if !effects::mark_done(&mut *tx, row_id, &result, a.fence).await? {
+        // Our lease was taken: nothing is recorded; the next holder
+        // reconciles the planned row.
+        tx.rollback().await?;
+        return Err(EngineError::LeaseLost {
+            task_id: a.ctx.task.id,
+        });
     }
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Record a failed or unknown attempt (fenced); the error to return.
+async fn record_error(
+    a: &RunArgs<'_>,
+    row_id: i64,
+    e: EffectError,
+) -> Result<EngineError, EngineError> {
+    let recorded = match &e {
+        EffectError::Failed(_) => {
+            effects::mark_failed(a.db.writer(), row_id, &e.to_string(), a.fence).await?
+        }
+        EffectError::Unknown(_) => {
+            effects::mark_unknown(a.db.writer(), row_id, &e.to_string(), a.fence).await?
+        }
+    };
+    if !recorded {
+        return Ok(EngineError::LeaseLost {
+            task_id: a.ctx.task.id,
+        });
+    }
+    Ok(EngineError::Effect {
+        kind: a.ctx.kind,
+        error: e,
+    })
 }

@@ -91,28 +91,11 @@ impl Boot {
 /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
 /// Pids are reused; (pid, start time) is not.
 pub fn process_start_time(pid: i64) -> Option<i64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    crate::procfs::start_time(pid)
 }
 
 fn process_alive(pid: i64, start_time: i64) -> bool {
-    match process_start_time(pid) {
-        Some(t) => t == start_time && !is_zombie(pid),
-        None => false,
-    }
-}
-
-fn is_zombie(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 1..];
-            rest.split_whitespace()
-                .next()
-                .map(|st| st == "Z" || st == "X")
-        })
-        .unwrap_or(false)
+    crate::procfs::alive_as(pid, start_time)
 }
 
 /// Held ownership of one task's transition. Release explicitly with
@@ -123,12 +106,21 @@ fn is_zombie(pid: i64) -> bool {
 pub struct LeaseGuard {
     pub task_id: i64,
     pub token: String,
+    /// The task's lease generation this acquire set: the holder's fence.
+    pub generation: i64,
     boot: Arc<Boot>,
     releaser: mpsc::UnboundedSender<(i64, String)>,
     released: bool,
 }
 
 impl LeaseGuard {
+    pub fn fence(&self) -> leases::Fence {
+        leases::Fence {
+            task_id: self.task_id,
+            generation: self.generation,
+        }
+    }
+
     pub async fn release(mut self, db: &Db) -> Result<(), sqlx::Error> {
         self.released = true;
         // Delete first, then unregister: in between, the row must not look
@@ -202,6 +194,7 @@ pub(crate) async fn acquire(
     let guard = LeaseGuard {
         task_id,
         token: token.clone(),
+        generation: 0,
         boot: boot.clone(),
         releaser: releaser.clone(),
         // Not armed until the row is committed; dropping it before that
@@ -226,8 +219,11 @@ pub(crate) async fn acquire(
         acquired_at: now_ms(),
     };
     leases::put(&mut *tx, &row).await?;
+    // Every acquire fences off every earlier holder (invariant 10).
+    let generation = leases::bump_generation(&mut *tx, task_id).await?;
     tx.commit().await?;
     let mut guard = guard;
+    guard.generation = generation;
     guard.released = false;
     Ok(Acquire::Acquired {
         guard,

@@ -20,10 +20,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::db::leases::Fence;
 use crate::db::tasks::{self, TaskRow};
 use crate::db::{Db, effects, leases};
 use crate::domain::{EffectKind, Stage};
 use crate::notify::{Alert, LogNotifier, Notifier};
+use crate::shutdown::{EffectDrain, InFlight};
 pub use cas::Cas;
 pub use inputs::{FsArtifacts, GateInputs};
 pub use journal::{Effect, EffectCtx, EffectError, EffectRegistry, EffectResult, NoopEffect};
@@ -79,13 +81,24 @@ pub enum Outcome {
         stage: Stage,
         reason: String,
     },
-    /// An effect of the transition failed; the stage is unchanged and the
-    /// task is marked held with the reason.
+    /// An effect of the transition failed (known not to have reached the
+    /// outside); the stage is unchanged and the task is held with the reason.
     EffectFailed {
         stage: Stage,
         kind: EffectKind,
         error: String,
     },
+    /// An effect may have reached the outside and did not provably succeed
+    /// (B-13): the task holds until a person decides; the daemon never runs
+    /// it again on its own.
+    EffectUnknown {
+        stage: Stage,
+        kind: EffectKind,
+        error: String,
+    },
+    /// A graceful stop is under way: no new effect starts (B-13). Nothing
+    /// changed; the next start (or the reconciler) carries it on.
+    Draining,
     LeaseBusy {
         actor: String,
         transition: String,
@@ -145,6 +158,7 @@ struct Inner {
     inputs: Arc<dyn GateInputs>,
     notifier: Arc<dyn Notifier>,
     hooks: Arc<dyn Hooks>,
+    drain: Arc<EffectDrain>,
 }
 
 /// Cheap to clone; every actor holds one.
@@ -158,9 +172,16 @@ pub struct EngineBuilder {
     inputs: Arc<dyn GateInputs>,
     notifier: Arc<dyn Notifier>,
     hooks: Arc<dyn Hooks>,
+    drain: Arc<EffectDrain>,
 }
 
 impl EngineBuilder {
+    /// The process's drain of effects in flight (B-13): a graceful stop
+    /// waits for the effects this engine runs and refuses new ones.
+    pub fn drain(mut self, d: Arc<EffectDrain>) -> Self {
+        self.drain = d;
+        self
+    }
     pub fn effects(mut self, e: EffectRegistry) -> Self {
         self.effects = e;
         self
@@ -188,6 +209,7 @@ impl EngineBuilder {
             inputs: self.inputs,
             notifier: self.notifier,
             hooks: self.hooks,
+            drain: self.drain,
         }))
     }
 }
@@ -209,6 +231,7 @@ impl Engine {
             inputs: Arc::new(FsArtifacts),
             notifier: Arc::new(LogNotifier),
             hooks: Arc::new(NoHooks),
+            drain: EffectDrain::new(),
         }
     }
 
@@ -218,6 +241,10 @@ impl Engine {
 
     pub fn boot(&self) -> &Arc<Boot> {
         &self.0.boot
+    }
+
+    pub fn drain(&self) -> &Arc<EffectDrain> {
+        &self.0.drain
     }
 
     fn hook(&self, step: Step, task_id: i64) {
@@ -302,7 +329,7 @@ impl Engine {
         };
         self.hook(Step::AfterLease, task_id);
         let result = self
-            .in_lease(&guard.token, snap, target, actor, reason)
+            .in_lease(&guard.token, guard.fence(), snap, target, actor, reason)
             .await;
         self.hook(Step::BeforeRelease, task_id);
         match result {
@@ -325,6 +352,7 @@ impl Engine {
     async fn in_lease(
         &self,
         holder: &str,
+        fence: Fence,
         snap: &TaskRow,
         proposed: Stage,
         actor: &str,
@@ -341,11 +369,20 @@ impl Engine {
         }
         let version = cur.stage_version;
         let intent = effects::intent_at(self.0.db.reader(), task_id, version).await?;
+        let cancelling = cur.cancel_requested_at.is_some() || proposed == Stage::Cancelled;
+        // B-13: the effects of this transition count as in flight from the
+        // first one on; a graceful stop refuses to start them.
+        let mut in_flight: Option<InFlight> = None;
 
-        // 1. An effect a crashed holder initiated is finished first
+        // 1. An effect a crashed holder initiated (planned) is finished first
         //    (reconciled, applied only if it did not happen): the critical
-        //    window always closes before anything else is decided.
-        for row in intent.iter().filter(|r| r.state == "planned") {
+        //    window always closes before anything else is decided. An
+        //    effect whose outcome is unknown waits for a person; a STOP is
+        //    such a decision: it leaves the row as a record and cancels.
+        for row in intent
+            .iter()
+            .filter(|r| r.state == "planned" || (r.state == "unknown" && !cancelling))
+        {
             let Some(kind) = EffectKind::ALL
                 .iter()
                 .copied()
@@ -356,18 +393,20 @@ impl Engine {
                     row.kind
                 )));
             };
-            if let Some(out) = self
-                .run_effect(
-                    holder,
-                    &cur,
-                    &row.transition_key,
-                    kind,
-                    row.from_stage,
-                    row.to_stage,
-                )
-                .await?
-            {
-                return Ok((out, false));
+            let run = RunEffect {
+                holder,
+                fence,
+                task: &cur,
+                key: &row.transition_key,
+                kind,
+                from: row.from_stage,
+                to: row.to_stage,
+            };
+            match self.run_effect(run, &mut in_flight).await? {
+                None => {}
+                // A person's STOP does not wait on an outcome nobody knows.
+                Some(Outcome::EffectUnknown { .. }) if cancelling => {}
+                Some(out) => return Ok((out, false)),
             }
         }
 
@@ -402,15 +441,21 @@ impl Engine {
         // 3. The transition's effects, in order, through the journal.
         let key = transition_key(task_id, cur.stage, target, version);
         for kind in cur.stage.effects_to(target) {
-            if let Some(out) = self
-                .run_effect(holder, &cur, &key, *kind, cur.stage, target)
-                .await?
-            {
+            let run = RunEffect {
+                holder,
+                fence,
+                task: &cur,
+                key: &key,
+                kind: *kind,
+                from: cur.stage,
+                to: target,
+            };
+            if let Some(out) = self.run_effect(run, &mut in_flight).await? {
                 return Ok((out, false));
             }
         }
 
-        // 4. The stage write.
+        // 4. The stage write, fenced by our lease generation.
         let mut tx = self.0.db.begin_write().await?;
         let cas = cas::write_stage(
             &mut tx,
@@ -418,6 +463,7 @@ impl Engine {
                 task_id,
                 from: cur.stage,
                 from_version: version,
+                generation: fence.generation,
                 to: target,
                 actor,
                 reason,
@@ -431,6 +477,7 @@ impl Engine {
         // stage moved but the row still claims the task.
         leases::delete_if_holder(&mut *tx, task_id, holder).await?;
         tx.commit().await?;
+        drop(in_flight);
         self.hook(Step::AfterCas, task_id);
         tracing::info!(work_item = %cur.work_item, from = %cur.stage, to = %target, version, actor, reason, "stage moved");
         let out = if target == Stage::Cancelled {
@@ -456,21 +503,40 @@ impl Engine {
     }
 
     /// Run one effect through the journal. `Some(outcome)` stops the
-    /// transition (the effect failed; the task is held with the reason).
+    /// transition (the effect failed or its outcome is unknown: the task is
+    /// held with the reason; or a graceful stop refused to start it).
     async fn run_effect(
         &self,
-        holder: &str,
-        task: &TaskRow,
-        key: &str,
-        kind: EffectKind,
-        from: Stage,
-        to: Stage,
+        r: RunEffect<'_>,
+        in_flight: &mut Option<InFlight>,
     ) -> Result<Option<Outcome>, EngineError> {
+        let RunEffect {
+            holder,
+            fence,
+            task,
+            key,
+            kind,
+            from,
+            to,
+        } = r;
         let effect = self
             .0
             .effects
             .get(kind)
             .ok_or(EngineError::MissingEffect(kind))?;
+        if in_flight.is_none() {
+            match self
+                .0
+                .drain
+                .begin(format!("{} of {} ({key})", kind.as_str(), task.work_item))
+            {
+                Some(g) => *in_flight = Some(g),
+                None => {
+                    tracing::info!(work_item = %task.work_item, kind = kind.as_str(), "graceful stop under way: the effect is not started");
+                    return Ok(Some(Outcome::Draining));
+                }
+            }
+        }
         let ctx = EffectCtx {
             task: task.clone(),
             transition_key: key.to_string(),
@@ -494,40 +560,72 @@ impl Engine {
             ctx: &ctx,
             version: task.stage_version,
             holder,
+            fence,
             at: &at,
         })
         .await;
-        match ran {
-            Ok(_) => Ok(None),
-            Err(EngineError::Effect { kind, error }) => {
-                let msg = error.to_string();
-                tasks::set_hold(
-                    self.0.db.writer(),
-                    task_id,
-                    Some(&format!("{}: {msg}", kind.as_str())),
-                )
-                .await?;
-                // One condition per transition and effect: a retry that
-                // fails again (the reconciler's sweep of a STOP, every tick)
-                // is a repeat; a later pass or a fresh task is not.
-                self.alert_keyed(
-                    "effect_failed",
-                    Some(task.work_item.clone()),
-                    Some(format!("{key} {}", kind.as_str())),
-                    format!(
-                        "{} {key}: {} failed, task held: {msg}",
-                        task.work_item,
-                        kind.as_str()
-                    ),
-                )
-                .await;
-                Ok(Some(Outcome::EffectFailed {
-                    stage: task.stage,
-                    kind,
-                    error: msg,
-                }))
+        let (error, unknown) = match ran {
+            Ok(_) => return Ok(None),
+            Err(EngineError::Effect { error, .. }) => {
+                let unknown = matches!(error, EffectError::Unknown(_));
+                (error.to_string(), unknown)
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        let hold = if unknown {
+            format!("{}: {error}; a person must decide", kind.as_str())
+        } else {
+            format!("{}: {error}", kind.as_str())
+        };
+        // Fenced too: a holder whose lease was taken holds nothing.
+        if !tasks::set_hold_fenced(self.0.db.writer(), fence, &hold).await? {
+            return Err(EngineError::LeaseLost { task_id });
         }
+        // One condition per transition and effect: a retry that fails again
+        // (the reconciler's sweep of a STOP, every tick) is a repeat; a later
+        // pass or a fresh task is not.
+        let (alert_kind, what) = if unknown {
+            (
+                "effect_unknown",
+                "outcome is unknown; task held until a person decides",
+            )
+        } else {
+            ("effect_failed", "failed, task held")
+        };
+        self.alert_keyed(
+            alert_kind,
+            Some(task.work_item.clone()),
+            Some(format!("{key} {}", kind.as_str())),
+            format!(
+                "{} {key}: {} {what}: {error}",
+                task.work_item,
+                kind.as_str()
+            ),
+        )
+        .await;
+        Ok(Some(if unknown {
+            Outcome::EffectUnknown {
+                stage: task.stage,
+                kind,
+                error,
+            }
+        } else {
+            Outcome::EffectFailed {
+                stage: task.stage,
+                kind,
+                error,
+            }
+        }))
     }
+}
+
+/// One effect run's arguments.
+struct RunEffect<'a> {
+    holder: &'a str,
+    fence: Fence,
+    task: &'a TaskRow,
+    key: &'a str,
+    kind: EffectKind,
+    from: Stage,
+    to: Stage,
 }

@@ -33,7 +33,9 @@ impl Engine {
         let Some(row) = leases::get(self.0.db.reader(), task.id).await? else {
             return Ok(ForceRelease::NotHeld);
         };
-        if !leases::delete_if_holder(self.0.db.writer(), task.id, &row.holder).await? {
+        // Deleted and fenced in one transaction: the holder, if it still
+        // runs, can record nothing more (invariant 10).
+        if !leases::revoke(&self.0.db, task.id, &row.holder).await? {
             return Ok(ForceRelease::NotHeld);
         }
         let live = self.0.boot.is_live(&row);
@@ -55,57 +57,13 @@ impl Engine {
 
     /// At start-up: reclaim every lease whose owner is gone (an older boot),
     /// alerting for each, then finish every transition a crash left with an
-    /// initiated effect. A lease of another live process is kept.
+    /// initiated effect. A lease of another live process is kept. The
+    /// daemon does the first part here and hands the second to finalizer
+    /// jobs ([`Engine::unfinished_transitions`]): an adopted deploy may run
+    /// for half an hour, and start-up must not wait for it.
     pub async fn recover_on_startup(&self) -> Result<Recovery, EngineError> {
-        let mut rec = Recovery::default();
-        for row in leases::all(self.0.db.reader()).await? {
-            if row.owner_boot_id == self.0.boot.boot_id {
-                continue;
-            }
-            if self.0.boot.is_live(&row) {
-                rec.kept_live_leases += 1;
-                tracing::warn!(
-                    task_id = row.task_id,
-                    pid = row.owner_pid,
-                    "lease of another live process kept"
-                );
-                continue;
-            }
-            if leases::delete_if_holder(self.0.db.writer(), row.task_id, &row.holder).await? {
-                rec.reclaimed_leases += 1;
-                let wi = tasks::get(self.0.db.reader(), row.task_id)
-                    .await?
-                    .map(|t| t.work_item);
-                self.alert(
-                    "lease_stale_reclaimed",
-                    wi.clone(),
-                    format!(
-                        "reclaimed the lease of {} left by boot {} (pid {}, {} {})",
-                        wi.as_deref().unwrap_or("?"),
-                        row.owner_boot_id,
-                        row.owner_pid,
-                        row.actor,
-                        row.transition
-                    ),
-                )
-                .await;
-            }
-        }
-        // One resume per task, in task order, however many effects it has
-        // open. Only rows at the task's current version are an unfinished
-        // transition; an older one was overtaken (a cancel) and stays as a
-        // record. One task that cannot be resumed must not keep the daemon
-        // from starting: it is alerted and left for an operator.
-        let mut task_ids = std::collections::BTreeSet::new();
-        for row in effects::open(self.0.db.reader()).await? {
-            if let Some(t) = tasks::get(self.0.db.reader(), row.task_id).await?
-                && t.stage_version == row.stage_version
-                && !t.stage.is_terminal()
-            {
-                task_ids.insert(t.id);
-            }
-        }
-        for id in task_ids {
+        let mut rec = self.reclaim_stale_leases().await?;
+        for id in self.unfinished_transitions().await? {
             match self.advance_stage(id, "recovery").await {
                 Ok(out) => rec.resumed_tasks.push((id, out)),
                 Err(e) => {
@@ -124,6 +82,63 @@ impl Engine {
                     .await;
                     rec.failed_tasks.push(id);
                 }
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Tasks a crash left with an initiated (planned) effect at their
+    /// current version, in task order. Only rows at the task's current
+    /// version are an unfinished transition; an older one was overtaken (a
+    /// cancel) and stays as a record.
+    pub async fn unfinished_transitions(&self) -> Result<Vec<i64>, EngineError> {
+        let mut task_ids = std::collections::BTreeSet::new();
+        for row in effects::open(self.0.db.reader()).await? {
+            if let Some(t) = tasks::get(self.0.db.reader(), row.task_id).await?
+                && t.stage_version == row.stage_version
+                && !t.stage.is_terminal()
+            {
+                task_ids.insert(t.id);
+            }
+        }
+        Ok(task_ids.into_iter().collect())
+    }
+
+    /// The first half of start-up recovery: every lease of an older boot
+    /// whose owner is gone is revoked (deleted and fenced), with an alert.
+    pub async fn reclaim_stale_leases(&self) -> Result<Recovery, EngineError> {
+        let mut rec = Recovery::default();
+        for row in leases::all(self.0.db.reader()).await? {
+            if row.owner_boot_id == self.0.boot.boot_id {
+                continue;
+            }
+            if self.0.boot.is_live(&row) {
+                rec.kept_live_leases += 1;
+                tracing::warn!(
+                    task_id = row.task_id,
+                    pid = row.owner_pid,
+                    "lease of another live process kept"
+                );
+                continue;
+            }
+            if leases::revoke(&self.0.db, row.task_id, &row.holder).await? {
+                rec.reclaimed_leases += 1;
+                let wi = tasks::get(self.0.db.reader(), row.task_id)
+                    .await?
+                    .map(|t| t.work_item);
+                self.alert(
+                    "lease_stale_reclaimed",
+                    wi.clone(),
+                    format!(
+                        "reclaimed the lease of {} left by boot {} (pid {}, {} {})",
+                        wi.as_deref().unwrap_or("?"),
+                        row.owner_boot_id,
+                        row.owner_pid,
+                        row.actor,
+                        row.transition
+                    ),
+                )
+                .await;
             }
         }
         Ok(rec)

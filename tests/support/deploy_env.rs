@@ -238,6 +238,29 @@ impl DeployEnv {
     }
 
     /// Merge commits on the bare repository's main.
+    /// Run every queued finalizer job (the worker's part): start it, then
+    /// `loops::finalizer::run` on `p`, as the daemon's worker does. How
+    /// many ran.
+    pub async fn run_finalizers(&self, p: &Pipeline) -> usize {
+        let queued: Vec<orchestrator::db::jobs::JobRow> = sqlx::query_as(
+            "SELECT * FROM jobs WHERE role = 'deploy-finalizer' AND status = 'queued' ORDER BY id",
+        )
+        .fetch_all(self.db.reader())
+        .await
+        .unwrap();
+        for job in &queued {
+            assert!(
+                orchestrator::db::jobs::start(self.db.writer(), job.id, "test", 0)
+                    .await
+                    .unwrap()
+            );
+            let mut job = job.clone();
+            job.status = "running".into();
+            orchestrator::loops::finalizer::run(p.clone(), job).await;
+        }
+        queued.len()
+    }
+
     pub fn merges_in_main(&self) -> usize {
         git(&self.bare, &["rev-list", "--merges", "--count", "main"])
             .parse()

@@ -104,10 +104,12 @@ impl Env {
         }
     }
 
-    /// Wait until the intake is idle: no unprocessed delivery and no echo
-    /// webhook in flight, seen twice in a row (polling with a deadline).
+    /// Wait until the intake is idle: no unprocessed delivery, no echo
+    /// webhook in flight and no finalizer job (a Confirm Deploy's merge and
+    /// deploy) queued or running, seen twice in a row (polling with a
+    /// deadline).
     pub async fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = None;
         loop {
             let in_flight = self.plane.lock().in_flight;
@@ -115,9 +117,20 @@ impl Env {
                 .await
                 .unwrap()
                 .len();
+            let finalizing: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE role = 'deploy-finalizer' AND status IN ('queued','running')",
+            )
+            .fetch_one(self.db.reader())
+            .await
+            .unwrap();
             let rows = self.rows().await;
-            let now = (in_flight, pending, rows, self.plane.sent().len());
-            if in_flight == 0 && pending == 0 && last == Some(now) {
+            let now = (
+                in_flight,
+                pending + finalizing as usize,
+                rows,
+                self.plane.sent().len(),
+            );
+            if in_flight == 0 && pending == 0 && finalizing == 0 && last == Some(now) {
                 return;
             }
             last = Some(now);

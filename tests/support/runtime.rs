@@ -140,6 +140,7 @@ impl Harness {
             notifier: notifier.clone(),
             workspace: workspace.clone(),
             stops: Default::default(),
+            wake: Default::default(),
         };
         let (trigger, shutdown) = shutdown::channel();
         let rt = Runtime {
