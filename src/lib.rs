@@ -21,6 +21,7 @@
 //! - `shutdown`: one shutdown signal and the loop supervisor.
 //! - `app`: wiring and the start-up/shutdown order.
 //! - `telemetry`: tracing set-up.
+//! - `untrusted`: reading what an agent wrote: regular files only, no symlink followed, size-capped, off the runtime (invariant 8, B-12).
 
 pub mod agents;
 pub mod app;
@@ -42,3 +43,4 @@ pub mod proc_group;
 pub mod shutdown;
 pub mod stage_engine;
 pub mod telemetry;
+pub mod untrusted;
