@@ -51,6 +51,7 @@ impl GateInputs for AllPass {
             approved: true,
             deploy_confirmed: true,
             code_changed: Some(true),
+            refused: Default::default(),
             merge_gate: Default::default(),
         }
     }

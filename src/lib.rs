@@ -22,6 +22,7 @@
 //! - `shutdown`: one shutdown signal and the loop supervisor.
 //! - `app`: wiring and the start-up/shutdown order.
 //! - `telemetry`: tracing set-up.
+//! - `untrusted`: reading what an agent wrote: regular files only, no symlink followed, size-capped, off the runtime (invariant 8, B-12).
 
 pub mod agents;
 pub mod app;
@@ -44,3 +45,4 @@ pub mod procfs;
 pub mod shutdown;
 pub mod stage_engine;
 pub mod telemetry;
+pub mod untrusted;

@@ -16,7 +16,8 @@ use crate::db::runs::{self, UsageRow};
 use crate::db::tasks::{self, TaskRow};
 use crate::domain::Stage;
 use crate::proc_group::{self, Ended};
-use crate::stage_engine::{GateInputs, Outcome, inputs::FsArtifacts};
+use crate::stage_engine::{Outcome, inputs};
+use crate::untrusted;
 
 /// How often the monitor looks at the log (stall) and the spend (budget).
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -67,7 +68,9 @@ async fn run_job_inner(rt: &Runtime, job: &JobRow) -> anyhow::Result<()> {
     let task = tasks::get(rt.db.reader(), job.task_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
-    let artifacts = FsArtifacts.load(&task).await.artifacts;
+    let artifacts = inputs::load_artifacts(&task, rt.settings.artifact_max_bytes)
+        .await
+        .artifacts;
     let artifact_dir = format!("docs/work-items/{}/", task.work_item);
     let prompt = prompts::compose(&PromptInput {
         role: &job.role,
@@ -125,7 +128,8 @@ async fn watch(rt: &Runtime, job: &JobRow, task: &TaskRow, l: &mut Launched) -> 
             _ = tick.tick() => {}
         }
         ticks += 1;
-        let len = tokio::fs::metadata(&l.paths.log)
+        // The log itself, never what a symlink in its place points to.
+        let len = tokio::fs::symlink_metadata(&l.paths.log)
             .await
             .map(|m| m.len())
             .unwrap_or(0);
@@ -238,13 +242,14 @@ async fn record_usage(rt: &Runtime, job: &JobRow, run_id: i64) {
     }
 }
 
-/// An agent's log as text. Lossy: one stray byte must not make the spend
-/// read as zero (the budget check would switch itself off).
+/// An agent's log as text: its last [`untrusted::LOG_TAIL_BYTES`] (the
+/// usage `result` line ends the log), read as untrusted input (a regular
+/// file, no symlink followed, off the runtime). A log longer than that
+/// prices a still-running agent by the messages in its tail only. Lossy:
+/// one stray byte must not make the spend read as zero (the budget check
+/// would switch itself off).
 async fn read_log(path: &std::path::Path) -> String {
-    match tokio::fs::read(path).await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(_) => String::new(),
-    }
+    untrusted::log_tail_text(path, untrusted::LOG_TAIL_BYTES).await
 }
 
 /// Prices for a run: output that names no model (Codex) is priced as the
@@ -362,7 +367,7 @@ async fn publish(
             tracing::warn!(work_item = %wi, error = %e, "could not ensure an open PR");
         }
     }
-    let links = artifact_links(task, project);
+    let links = artifact_links(task, project).await;
     let status = if run.exit_code == Some(0) {
         "✅ finished"
     } else {
@@ -397,19 +402,26 @@ async fn publish(
     pushed.ok().map(|p| p.sha)
 }
 
-fn artifact_links(task: &TaskRow, project: &crate::config::Project) -> String {
+/// Links to the artifact dir's top-level entries: listed without following
+/// a symlink below the worktree, at most [`untrusted::MAX_ENTRIES`] names.
+async fn artifact_links(task: &TaskRow, project: &crate::config::Project) -> String {
     let Some(wt) = &task.worktree else {
         return String::new();
     };
-    let dir = crate::stage_engine::inputs::artifact_dir(std::path::Path::new(wt), &task.work_item);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return String::new();
+    let rel = std::path::Path::new("docs")
+        .join("work-items")
+        .join(&task.work_item);
+    let names = match untrusted::list_dir(std::path::Path::new(wt), &rel, untrusted::MAX_ENTRIES)
+        .await
+    {
+        Ok(names) => names,
+        Err(e) => {
+            if !e.is_not_found() {
+                tracing::warn!(work_item = %task.work_item, error = %e, "artifact links left out");
+            }
+            return String::new();
+        }
     };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
     if names.is_empty() {
         return String::new();
     }
@@ -471,7 +483,7 @@ async fn decide(rt: &Runtime, job: &JobRow, task: &TaskRow, exit: i64) -> anyhow
         Outcome::Pending {
             stage: Stage::Analysis,
             ..
-        } if brd_status(task).await.as_deref() == Some("READY") => {
+        } if brd_status(rt, task).await.as_deref() == Some("READY") => {
             // The BRD is ready: ask the person (F-02) and show In Review.
             if let Err(e) = rt.pipeline.set_status(task, "in_review", "monitor").await {
                 tracing::warn!(work_item = %task.work_item, error = %e, "status not set");
@@ -486,7 +498,7 @@ async fn decide(rt: &Runtime, job: &JobRow, task: &TaskRow, exit: i64) -> anyhow
         Outcome::GateFailed {
             stage: Stage::Analysis,
             ..
-        } if brd_status(task).await.as_deref() == Some("NEEDS_INPUT") => {
+        } if brd_status(rt, task).await.as_deref() == Some("NEEDS_INPUT") => {
             if let Err(e) = rt.pipeline.set_status(task, "needs_input", "monitor").await {
                 tracing::warn!(work_item = %task.work_item, error = %e, "status not set");
             }
@@ -503,8 +515,8 @@ async fn decide(rt: &Runtime, job: &JobRow, task: &TaskRow, exit: i64) -> anyhow
 
 /// The BRD's status line (READY / NEEDS_INPUT): both mean the task now
 /// waits for a person, not for another analyst run.
-async fn brd_status(task: &TaskRow) -> Option<String> {
-    let input = FsArtifacts.load(task).await;
+async fn brd_status(rt: &Runtime, task: &TaskRow) -> Option<String> {
+    let input = inputs::load_artifacts(task, rt.settings.artifact_max_bytes).await;
     let text = input.artifacts.get(crate::domain::gates::BRD)?;
     crate::domain::verdict::VerdictLines::parse(text)
         .get("status")

@@ -153,10 +153,10 @@ pub async fn run(
             return Ok((run_id, Ended::Exited(TOOL_ERROR)));
         }
     };
-    let output = tokio::fs::read(&paths.log)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    // The command is the project's code: its output is untrusted input,
+    // read from its last LOG_TAIL_BYTES (the summary lines end it).
+    let output =
+        crate::untrusted::log_tail_text(&paths.log, crate::untrusted::LOG_TAIL_BYTES).await;
     let code = match outcome.ended {
         Ended::Exited(c) if c != 126 && c != TOOL_ERROR && c != proc_group::EXIT_UNKNOWN => c,
         other => {

@@ -95,6 +95,9 @@ impl Runtime {
     }
 }
 
+/// An exit file holds one number and a newline.
+const EXIT_FILE_MAX_BYTES: u64 = 64;
+
 #[derive(Debug, Clone)]
 pub struct RunPaths {
     pub dir: PathBuf,
@@ -106,12 +109,17 @@ pub struct RunPaths {
 }
 
 impl RunPaths {
-    /// The exit code the wrapper wrote, if the run ended.
+    /// The exit code the wrapper wrote, if the run ended. The run dir is
+    /// the daemon's; the file in it is read as untrusted input (a regular
+    /// file of at most [`EXIT_FILE_MAX_BYTES`], no symlink, no FIFO), so it
+    /// cannot block or flood the caller.
     pub fn read_exit(&self) -> Option<i64> {
-        std::fs::read_to_string(&self.exit)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let bytes = crate::untrusted::read_file_blocking(
+            &self.dir,
+            std::path::Path::new(self.exit.file_name()?),
+            EXIT_FILE_MAX_BYTES,
+        )
+        .ok()?;
+        String::from_utf8_lossy(&bytes).trim().parse().ok()
     }
 }

@@ -305,6 +305,7 @@ impl<'a> Fields<'a> {
             merge_gate_infra_retries: self
                 .or_default("merge_gate_infra_retries", d.merge_gate_infra_retries),
             command_timeout_s: self.positive("command_timeout_s", d.command_timeout_s),
+            artifact_max_bytes: self.positive("artifact_max_bytes", d.artifact_max_bytes),
             merge_retry_enabled: self.or_default("merge_retry_enabled", d.merge_retry_enabled),
             merge_retry_max_attempts: self.positive(
                 "merge_retry_max_attempts",

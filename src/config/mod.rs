@@ -292,6 +292,9 @@ pub struct Settings {
     pub merge_gate_infra_retries: u64,
     /// Timeout of the deterministic tester and the staging command (F-20, F-22).
     pub command_timeout_s: u64,
+    /// Cap in bytes of one artifact file an agent wrote; a larger one is
+    /// refused unread and its gate fails (invariant 8).
+    pub artifact_max_bytes: u64,
     /// Off: `merge_pr` makes one attempt (F-07).
     pub merge_retry_enabled: bool,
     pub merge_retry_max_attempts: u32,
@@ -357,6 +360,7 @@ impl Default for Settings {
             merge_retest_timeout_s: 900,
             merge_gate_infra_retries: 2,
             command_timeout_s: 1800,
+            artifact_max_bytes: crate::untrusted::DEFAULT_MAX_BYTES,
             merge_retry_enabled: true,
             merge_retry_max_attempts: 3,
             merge_retry_base_s: 2,

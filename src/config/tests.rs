@@ -204,3 +204,21 @@ fn alert_dedup_window_defaults_allows_zero_and_falls_back_when_invalid() {
         );
     }
 }
+
+#[test]
+fn artifact_max_bytes_defaults_to_one_mib_and_must_be_positive() {
+    let (s, _) = Settings::load(&env(&[])).unwrap();
+    assert_eq!(s.artifact_max_bytes, 1048576);
+    let (s, r) = Settings::load(&env(&[("ORCH_ARTIFACT_MAX_BYTES", "4096")])).unwrap();
+    assert_eq!(s.artifact_max_bytes, 4096);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    for bad in ["0", "-1", "big"] {
+        let (s, r) = Settings::load(&env(&[("ORCH_ARTIFACT_MAX_BYTES", bad)])).unwrap();
+        assert_eq!(s.artifact_max_bytes, 1048576, "{bad}");
+        let all = r.warnings.join("\n");
+        assert!(
+            all.contains("ORCH_ARTIFACT_MAX_BYTES") && all.contains("1048576"),
+            "{bad}: {all}"
+        );
+    }
+}

@@ -37,6 +37,11 @@ pub struct GateInput {
     /// Artifact files by path relative to the artifact dir (`01-brd.md`,
     /// `06-adr/ADR-001-x.md`, ...).
     pub artifacts: BTreeMap<String, String>,
+    /// Artifact entries that were refused, not read (invariant 8: a
+    /// symlink, a FIFO, a directory in a file's place, over the size cap, a
+    /// timed-out read), by the same relative path (`.` = the artifact dir
+    /// itself), with the reason naming the file. A gate that needs one fails.
+    pub refused: BTreeMap<String, String>,
     /// A person set Approved after the BRD (F-02).
     pub approved: bool,
     /// A person set Confirm Deploy (F-23).
@@ -145,8 +150,30 @@ fn verdict_of<'a>(
     })
 }
 
+/// Fail when what `path` needs was refused: the file itself, a directory
+/// on its way, the artifact dir (`.`), or (for a directory path ending in
+/// `/`) anything below it.
+fn refused(input: &GateInput, path: &str) -> Result<(), GateVerdict> {
+    let hit = input.refused.iter().find(|(k, _)| {
+        let k = k.as_str();
+        k == "."
+            || k == path
+            || path
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.starts_with('/'))
+            || (path.ends_with('/') && k.starts_with(path))
+    });
+    match hit {
+        Some((_, why)) => Err(GateVerdict::Fail(format!(
+            "artifact refused: {why}; write it as a regular file"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Read one artifact's verdict lines, or say why the gate cannot pass.
 fn artifact(input: &GateInput, file: &str) -> Result<VerdictLines, GateVerdict> {
+    refused(input, file)?;
     match input.artifacts.get(file) {
         None => Err(GateVerdict::Pending(format!("{file} not written yet"))),
         Some(text) => Ok(VerdictLines::parse(text)),
@@ -172,6 +199,9 @@ fn check_brd_approved(input: &GateInput) -> GateVerdict {
 }
 
 fn check_adr_ready(input: &GateInput) -> GateVerdict {
+    if let Err(v) = refused(input, ADR_DIR) {
+        return v;
+    }
     let adrs: Vec<(&String, &String)> = input
         .artifacts
         .iter()
@@ -465,6 +495,43 @@ mod tests {
             is_fail(&GateId::StagingPassed.evaluate(&failed)),
             "a failed staging never waits"
         );
+    }
+
+    #[test]
+    fn a_refused_artifact_fails_the_gates_that_need_it() {
+        let why =
+            "docs/work-items/W-1/01-brd.md is a symlink (an agent's symlink is never followed)";
+        let mut i = with(REVIEW, "verdict: APPROVE");
+        i.approved = true;
+        i.refused.insert(BRD.into(), why.into());
+        match GateId::BrdApproved.evaluate(&i) {
+            GateVerdict::Fail(r) => assert!(r.contains(why), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        // Another artifact's gate is not concerned.
+        assert_eq!(GateId::ReviewApproved.evaluate(&i), GateVerdict::Pass);
+        // A refused ADR, or the refused ADR dir, fails the ADR gate.
+        for key in ["06-adr/ADR-002-x.md", "06-adr"] {
+            let mut a = with("06-adr/ADR-001-x.md", "status: READY");
+            a.refused.insert(key.into(), format!("{key} is a FIFO"));
+            assert!(is_fail(&GateId::AdrReady.evaluate(&a)), "{key}");
+        }
+        // The artifact dir itself refused: every artifact gate fails.
+        let mut all = with(REVIEW, "verdict: APPROVE");
+        all.refused
+            .insert(".".into(), "docs/work-items/W-1 timed out".into());
+        for g in [
+            GateId::BrdApproved,
+            GateId::AdrReady,
+            GateId::ReviewApproved,
+        ] {
+            assert!(is_fail(&g.evaluate(&all)), "{g:?}");
+        }
+        // A similar name is no prefix.
+        let mut near = with(TEST_REPORT, "result: PASS\nstatus: PASS\ntests_run: 1");
+        near.refused
+            .insert("13-test".into(), "13-test is a FIFO".into());
+        assert_eq!(GateId::TestsPassed.evaluate(&near), GateVerdict::Pass);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::db::tasks::TaskRow;
 use crate::domain::gates::MergeGate;
 use crate::domain::{GateInput, Stage};
 use crate::git::Workspace;
+use crate::untrusted;
 
 #[async_trait]
 pub trait GateInputs: Send + Sync {
@@ -23,55 +24,79 @@ pub fn artifact_dir(worktree: &Path, work_item: &str) -> PathBuf {
     worktree.join("docs").join("work-items").join(work_item)
 }
 
-/// Reads `docs/work-items/<work item>/` of the task's worktree.
+/// Reads `docs/work-items/<work item>/` of the task's worktree with the
+/// default cap ([`untrusted::DEFAULT_MAX_BYTES`]); the daemon's inputs
+/// ([`WorkspaceInputs`]) use `ORCH_ARTIFACT_MAX_BYTES`.
 #[derive(Debug, Default, Clone)]
 pub struct FsArtifacts;
 
-const MAX_ARTIFACT_BYTES: u64 = 1024 * 1024;
+/// The artifact dir relative to the worktree (the trusted root of its read).
+fn artifact_rel(work_item: &str) -> PathBuf {
+    Path::new("docs").join("work-items").join(work_item)
+}
 
-fn read_tree(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let Ok(meta) = e.metadata() else { continue };
-        if meta.is_dir() {
-            read_tree(root, &p, out);
-        } else if meta.len() <= MAX_ARTIFACT_BYTES
-            && p.extension().is_some_and(|x| x == "md")
-            && let (Ok(rel), Ok(text)) = (p.strip_prefix(root), std::fs::read_to_string(&p))
-        {
-            out.insert(rel.to_string_lossy().replace('\\', "/"), text);
+fn is_markdown(key: &str) -> bool {
+    key.ends_with(".md")
+}
+
+/// The artifact files of a work item and the entries refused on the way
+/// (invariant 8): read as untrusted input, regular `.md` files only, no
+/// symlink followed below the worktree, each at most `max_bytes`, off the
+/// runtime under a timeout. A missing dir is no artifact yet; a dir that
+/// cannot be read (a symlink on its way, a timeout) is refused as `.`.
+pub async fn read_artifacts(
+    worktree: &Path,
+    work_item: &str,
+    max_bytes: u64,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let limits = untrusted::Limits::artifacts(max_bytes);
+    match untrusted::read_tree(worktree, &artifact_rel(work_item), limits, is_markdown).await {
+        Ok(tree) => {
+            let refused: BTreeMap<String, String> = tree
+                .refused
+                .into_iter()
+                .map(|(k, e)| (k, e.to_string()))
+                .collect();
+            if !refused.is_empty() {
+                tracing::warn!(work_item, ?refused, "artifacts refused");
+            }
+            (tree.files, refused)
+        }
+        Err(e) if e.is_not_found() => Default::default(),
+        Err(e) => {
+            tracing::warn!(work_item, error = %e, "artifact dir refused");
+            (
+                BTreeMap::new(),
+                BTreeMap::from([(".".to_string(), e.to_string())]),
+            )
         }
     }
+}
+
+/// A task's gate input: its artifacts (each at most `max_bytes`) and the
+/// human answers recorded on its row.
+pub async fn load_artifacts(task: &TaskRow, max_bytes: u64) -> GateInput {
+    let mut input = GateInput {
+        approved: task.approved_at.is_some(),
+        deploy_confirmed: task.deploy_confirmed_at.is_some(),
+        merge_gate: if task.merge_gate_version == Some(task.stage_version) {
+            MergeGate::Passed
+        } else {
+            MergeGate::Pending
+        },
+        ..Default::default()
+    };
+    if let Some(wt) = &task.worktree {
+        (input.artifacts, input.refused) =
+            read_artifacts(Path::new(wt), &task.work_item, max_bytes).await;
+    }
+    input
 }
 
 #[async_trait]
 impl GateInputs for FsArtifacts {
     async fn load(&self, task: &TaskRow) -> GateInput {
-        let mut input = GateInput {
-            approved: task.approved_at.is_some(),
-            deploy_confirmed: task.deploy_confirmed_at.is_some(),
-            merge_gate: if task.merge_gate_version == Some(task.stage_version) {
-                MergeGate::Passed
-            } else {
-                MergeGate::Pending
-            },
-            ..Default::default()
-        };
-        if let Some(wt) = &task.worktree {
-            let dir = artifact_dir(Path::new(wt), &task.work_item);
-            let artifacts = tokio::task::spawn_blocking(move || {
-                let mut out = BTreeMap::new();
-                read_tree(&dir, &dir, &mut out);
-                out
-            })
-            .await
-            .unwrap_or_default();
-            input.artifacts = artifacts;
-        }
-        input
+        load_artifacts(task, untrusted::DEFAULT_MAX_BYTES).await
     }
 }
 
@@ -85,7 +110,7 @@ pub struct WorkspaceInputs {
 #[async_trait]
 impl GateInputs for WorkspaceInputs {
     async fn load(&self, task: &TaskRow) -> GateInput {
-        let mut input = FsArtifacts.load(task).await;
+        let mut input = load_artifacts(task, self.settings.artifact_max_bytes).await;
         if task.stage == Stage::Development
             && task.worktree.is_some()
             && let Some(p) = self.settings.project(&task.project)
@@ -119,7 +144,51 @@ mod tests {
         std::fs::write(dir.join("01-brd.md"), "status: READY").unwrap();
         std::fs::write(dir.join("06-adr/ADR-001-x.md"), "status: READY").unwrap();
         std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
-        let task = TaskRow {
+        let mut task = task_in(wt.path());
+        task.approved_at = Some(1);
+        let input = FsArtifacts.load(&task).await;
+        assert!(input.approved && !input.deploy_confirmed);
+        let keys: Vec<_> = input.artifacts.keys().cloned().collect();
+        assert_eq!(keys, vec!["01-brd.md", "06-adr/ADR-001-x.md"]);
+        assert!(input.refused.is_empty(), "{:?}", input.refused);
+    }
+
+    #[tokio::test]
+    async fn hostile_artifacts_are_refused_with_the_file_named() {
+        let wt = tempfile::tempdir().unwrap();
+        let task = task_in(wt.path());
+        // Nothing written yet: no artifact, nothing refused.
+        let input = FsArtifacts.load(&task).await;
+        assert!(input.artifacts.is_empty() && input.refused.is_empty());
+        let dir = artifact_dir(wt.path(), "DEMO-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("01-brd.md")).unwrap();
+        let input = FsArtifacts.load(&task).await;
+        assert!(input.artifacts.is_empty());
+        assert!(
+            input.refused["01-brd.md"].contains("docs/work-items/DEMO-1/01-brd.md is a symlink"),
+            "{:?}",
+            input.refused
+        );
+        // The cap comes from the caller (ORCH_ARTIFACT_MAX_BYTES).
+        std::fs::remove_file(dir.join("01-brd.md")).unwrap();
+        std::fs::write(dir.join("01-brd.md"), "status: READY\n").unwrap();
+        let small = load_artifacts(&task, 4).await;
+        assert!(small.refused["01-brd.md"].contains("is larger than 4 bytes"));
+        // A symlink on the way to the artifact dir refuses the dir itself.
+        std::fs::remove_dir_all(wt.path().join("docs")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), wt.path().join("docs")).unwrap();
+        let input = FsArtifacts.load(&task).await;
+        assert!(
+            input.refused["."].contains("docs is a symlink"),
+            "{:?}",
+            input.refused
+        );
+    }
+
+    fn task_in(wt: &Path) -> TaskRow {
+        TaskRow {
             id: 1,
             work_item: "DEMO-1".into(),
             plane_issue_id: None,
@@ -129,8 +198,8 @@ mod tests {
             stage: crate::domain::Stage::Analysis,
             stage_version: 1,
             branch: None,
-            worktree: Some(wt.path().to_string_lossy().into()),
-            approved_at: Some(1),
+            worktree: Some(wt.to_string_lossy().into()),
+            approved_at: None,
             deploy_confirmed_at: None,
             hold_reason: None,
             held_at: None,
@@ -143,10 +212,6 @@ mod tests {
             updated_at: 0,
             merge_gate_version: None,
             validated_sha: None,
-        };
-        let input = FsArtifacts.load(&task).await;
-        assert!(input.approved && !input.deploy_confirmed);
-        let keys: Vec<_> = input.artifacts.keys().cloned().collect();
-        assert_eq!(keys, vec!["01-brd.md", "06-adr/ADR-001-x.md"]);
+        }
     }
 }

@@ -134,6 +134,7 @@ impl GateInputs for SimInputs {
             approved: true,
             deploy_confirmed: true,
             code_changed: Some(true),
+            refused: Default::default(),
             // The simulated staging verdict stands for staging + merge gate.
             merge_gate: Default::default(),
         }
