@@ -600,5 +600,92 @@ pub async fn list_dir(root: &Path, dir: &Path, max_entries: usize) -> Result<Vec
     .await
 }
 
+/// Open (creating what is missing) the directory `rel` below `root`,
+/// following no symlink below the root: a directory an agent replaced with
+/// a link is refused, never written through.
+fn ensure_dir_fd(root: &Path, rel: &[&OsStr]) -> Result<(OwnedFd, String)> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let (mut fd, _) = open_dir(root, &[])?;
+    let mut shown = String::new();
+    for name in rel {
+        shown = join(&shown, name);
+        match nix::sys::stat::mkdirat(&fd, *name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(io(&shown, e)),
+        }
+        fd = match openat(&fd, *name, flags | OFlag::O_NOFOLLOW, Mode::empty()) {
+            Ok(next) => next,
+            Err(e) => return Err(open_failed(&fd, name, &shown, e, true)),
+        };
+    }
+    Ok((fd, shown))
+}
+
+/// Create the directory `rel` below `root` (and what is missing on the
+/// way), following no symlink below the root.
+pub fn ensure_dir_blocking(root: &Path, rel: &Path) -> Result<()> {
+    let parts = components(rel)?;
+    ensure_dir_fd(root, &parts).map(|_| ())
+}
+
+/// Write `bytes` to `rel` below `root` where an agent may have planted
+/// links: no directory below the root is followed, the data goes to a fresh
+/// temp file (`O_CREAT | O_EXCL | O_NOFOLLOW`: never an existing file or a
+/// link's target), is synced, and is renamed over `rel` (a link there is
+/// replaced, not followed).
+pub fn write_file_blocking(root: &Path, rel: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let (dirs, name) = split_file(rel)?;
+    let (dir, shown) = ensure_dir_fd(root, &dirs)?;
+    let file = join(&shown, name);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".orch-tmp-{}", uuid::Uuid::new_v4()));
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_CREAT
+        | OFlag::O_EXCL
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOCTTY;
+    let fd = openat(
+        &dir,
+        tmp_name.as_os_str(),
+        flags,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(|e| io(&file, e))?;
+    let mut f = std::fs::File::from(fd);
+    let wrote = f.write_all(bytes).and_then(|_| f.sync_all());
+    if let Err(source) = wrote {
+        let _ = nix::unistd::unlinkat(
+            &dir,
+            tmp_name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        return Err(UntrustedError::Io { file, source });
+    }
+    nix::fcntl::renameat(&dir, tmp_name.as_os_str(), &dir, name).map_err(|e| io(&file, e))?;
+    // The rename is durable once the directory is.
+    let _ = nix::unistd::fsync(&dir);
+    Ok(())
+}
+
+/// [`write_file_blocking`] off the runtime, under [`READ_TIMEOUT`].
+pub async fn write_file(root: &Path, rel: &Path, bytes: Vec<u8>) -> Result<()> {
+    let (root, rel) = (root.to_path_buf(), rel.to_path_buf());
+    let file = rel.display().to_string();
+    off_runtime(file, READ_TIMEOUT, move || {
+        write_file_blocking(&root, &rel, &bytes)
+    })
+    .await
+}
+
+/// [`ensure_dir_blocking`] off the runtime, under [`READ_TIMEOUT`].
+pub async fn ensure_dir(root: &Path, rel: &Path) -> Result<()> {
+    let (root, rel) = (root.to_path_buf(), rel.to_path_buf());
+    let file = rel.display().to_string();
+    off_runtime(file, READ_TIMEOUT, move || ensure_dir_blocking(&root, &rel)).await
+}
+
 #[cfg(test)]
 mod tests;

@@ -364,6 +364,29 @@ async fn a_merged_pr_advances_its_task_except_at_deploy() {
         merge_commit_sha: Some("4f1c2a9be0d3c7a6b5e4f3a2c1b0a9f8e7d6c5b4".into()),
         unmergeable: false,
     };
+    // Merged into another branch than main: it shipped nothing; ignored.
+    let mut release = pr(3, "demo-10");
+    release.base = "release/1.x".into();
+    e.gitea
+        .lock()
+        .repos
+        .get_mut("team/demo")
+        .unwrap()
+        .pulls
+        .push(release);
+    assert_eq!(e.gitea.send_merged("team/demo", 3).await, 200);
+    e.settle().await;
+    assert_eq!(e.task("DEMO-10").await.unwrap().stage, Stage::Testing);
+    assert!(
+        e.outcomes()
+            .await
+            .last()
+            .unwrap()
+            .contains("not the default branch main"),
+        "{:?}",
+        e.outcomes().await
+    );
+
     e.gitea
         .lock()
         .repos

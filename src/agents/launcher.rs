@@ -81,9 +81,10 @@ pub async fn launch(
         .map_err(files)?;
     let _ = tokio::fs::remove_file(&paths.exit).await;
     let artifact_dir = format!("docs/work-items/{}/", task.work_item);
-    tokio::fs::create_dir_all(worktree.join(&artifact_dir))
+    // No symlink below the worktree is followed (an earlier agent's link).
+    crate::untrusted::ensure_dir(worktree, Path::new(&artifact_dir))
         .await
-        .map_err(files)?;
+        .map_err(|e| files(std::io::Error::other(e.to_string())))?;
 
     let run_id = runs::insert(
         rt.db.writer(),

@@ -208,8 +208,11 @@ pub async fn run(
         Builtin::Tester => TEST_REPORT,
         Builtin::Staging => STAGING_REPORT,
     };
-    tokio::fs::create_dir_all(&dir).await?;
-    tokio::fs::write(dir.join(file), report).await?;
+    // The worktree is the agent's: a link it planted is never written through.
+    let rel = Path::new("docs/work-items")
+        .join(&task.work_item)
+        .join(file);
+    crate::untrusted::write_file(worktree, &rel, report.into_bytes()).await?;
     tracing::info!(work_item = %task.work_item, ?which, pass, code, "built-in runner wrote its report");
     Ok((run_id, Ended::Exited(0)))
 }

@@ -156,13 +156,13 @@ pub async fn forget(f: &Files) {
 /// What the records say of the latest run (for a hold's message).
 pub async fn info(deps: &DeployDeps, ctx: &EffectCtx, base: &str) -> RunInfo {
     let f = files(deps, ctx, base);
-    let started_text = read_small(&f.started).await.ok().flatten();
+    let started_text = read_record(&f.started).await.ok().flatten();
     let (run_id, log) = parse_started(started_text.as_deref(), &f.log);
-    let started = tokio::fs::metadata(&f.started)
+    let started = tokio::fs::symlink_metadata(&f.started)
         .await
         .and_then(|m| m.modified())
         .ok();
-    let pgid = read_small(&f.pgid)
+    let pgid = read_record(&f.pgid)
         .await
         .ok()
         .flatten()
@@ -206,16 +206,16 @@ pub async fn earlier(
     let unreadable = |e: std::io::Error, p: &Path| {
         EffectError::Unknown(format!("cannot read {}: {e}", p.display()))
     };
-    let (run_id, log) = match read_small(&f.started).await {
+    let (run_id, log) = match read_record(&f.started).await {
         Ok(Some(text)) => parse_started(Some(&text), &f.log),
         Ok(None) => return Ok(Earlier::None),
         Err(e) => return Err(unreadable(e, &f.started)),
     };
-    let started = tokio::fs::metadata(&f.started)
+    let started = tokio::fs::symlink_metadata(&f.started)
         .await
         .and_then(|m| m.modified())
         .ok();
-    let recorded = match read_small(&f.pgid).await {
+    let recorded = match read_record(&f.pgid).await {
         Ok(text) => text.and_then(|t| parse_pgid(&t)),
         Err(e) => return Err(unreadable(e, &f.pgid)),
     };
@@ -246,7 +246,7 @@ pub async fn earlier(
             tokio::time::sleep(POLL).await;
         }
     }
-    match read_small(&f.exit).await {
+    match read_record(&f.exit).await {
         Ok(Some(text)) => Ok(match text.trim().parse::<i32>() {
             Ok(code) => Earlier::Exited(code),
             Err(_) => Earlier::Vanished(info),
@@ -264,10 +264,11 @@ fn parse_pgid(text: &str) -> Option<(i32, Option<i64>)> {
     Some((pgid, it.next().and_then(|s| s.parse().ok())))
 }
 
-/// A record file of ours, small by construction; `None` when absent. Read
-/// without following a symlink and capped: the deploy (or an agent) runs
-/// as the daemon's user and could have put anything there.
-async fn read_small(p: &Path) -> std::io::Result<Option<String>> {
+/// A record or marker file of ours (`deploys/`), small by construction;
+/// `None` when absent. Read without following a symlink, regular files
+/// only, capped, off the runtime: a deploy (or an agent) runs as the
+/// daemon's user and could have put a FIFO or a link there.
+pub(crate) async fn read_record(p: &Path) -> std::io::Result<Option<String>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let p = p.to_path_buf();

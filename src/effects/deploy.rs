@@ -244,11 +244,11 @@ impl MergePr {
 impl Effect for MergePr {
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         let project = self.0.project(ctx)?;
-        let head = match tokio::fs::read_to_string(self.head_file(ctx)).await {
-            Ok(h) => h.trim().to_string(),
+        let head = match super::adopt::read_record(&self.head_file(ctx)).await {
+            Ok(Some(h)) => h.trim().to_string(),
             // Written before the first outside call: absent = nothing was
             // merged by this transition yet.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Ok(None) => return Ok(None),
             Err(e) => return Err(unknown("cannot read the recorded branch head", e)),
         };
         let _held = self.0.checkouts.lock(&project.name).await;
@@ -440,8 +440,8 @@ impl Effect for ProdDeploy {
     /// for it; ended → judge its exit (and the agent's report); started but
     /// its end unknown → `Unknown`: the task holds, a person decides.
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
-        match tokio::fs::read_to_string(self.0.marker(&ctx.transition_key, ".done")).await {
-            Ok(text) => {
+        match super::adopt::read_record(&self.0.marker(&ctx.transition_key, ".done")).await {
+            Ok(Some(text)) => {
                 return Ok(Some(
                     text.lines()
                         .next()
@@ -449,7 +449,7 @@ impl Effect for ProdDeploy {
                         .to_string(),
                 ));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(None) => {}
             Err(e) => return Err(unknown("cannot read the deploy marker", e)),
         }
         self.adopt(ctx).await
@@ -568,16 +568,11 @@ impl ProdDeploy {
         };
         let project = self.0.project(ctx)?;
         let verdict = if project.deploy_command.trim().is_empty() {
-            let report = ctx
-                .task
-                .worktree
-                .as_deref()
-                .map(|wt| artifact_dir(Path::new(wt), wi).join(DEPLOY_REPORT));
-            let text = match report {
-                Some(p) => tokio::fs::read_to_string(p).await.ok(),
-                None => None,
+            let report = match ctx.task.worktree.as_deref() {
+                Some(wt) => super::deploy_agent::read_report(&self.0, Path::new(wt), wi).await,
+                None => Ok(None),
             };
-            super::deploy_agent::verdict(ended, text.as_deref())
+            report.and_then(|text| super::deploy_agent::verdict(ended, text.as_deref()))
         } else if ended == Ended::Exited(0) {
             Ok(())
         } else {
@@ -648,7 +643,11 @@ async fn write_report(ctx: &EffectCtx, r: &DeployReport<'_>) {
         r.work_item, r.command, r.commit, r.detail, r.secs, r.status
     );
     let path = artifact_dir(Path::new(wt), &ctx.task.work_item).join(DEPLOY_REPORT);
-    if let Err(e) = write_durably(&path, &text).await {
+    // The worktree is the agents': no link in it is written through.
+    let rel = Path::new("docs/work-items")
+        .join(&ctx.task.work_item)
+        .join(DEPLOY_REPORT);
+    if let Err(e) = crate::untrusted::write_file(Path::new(wt), &rel, text.into_bytes()).await {
         tracing::warn!(work_item = %r.work_item, path = %path.display(), error = %e, "deploy report not written");
     }
 }

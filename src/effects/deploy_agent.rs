@@ -24,8 +24,8 @@ use crate::domain::gates::DEPLOY_REPORT;
 use crate::domain::verdict::VerdictLines;
 use crate::git::Workspace;
 use crate::proc_group::Ended;
-use crate::stage_engine::inputs::{FsArtifacts, artifact_dir};
-use crate::stage_engine::{EffectCtx, EffectError, EffectResult, GateInputs};
+use crate::stage_engine::inputs::{artifact_dir, load_artifacts};
+use crate::stage_engine::{EffectCtx, EffectError, EffectResult};
 
 /// The role and the stage the agent runs as.
 const ROLE: &str = "deployer";
@@ -48,6 +48,26 @@ pub fn verdict(ended: Ended, report: Option<&str>) -> Result<(), String> {
         (Ended::TimedOut, _) => Err("the agent timed out; its process group was killed".into()),
         (Ended::Signaled(n), _) => Err(format!("the agent was killed by signal {n}")),
         (Ended::Exited(n), _) => Err(format!("the agent exited {n}")),
+    }
+}
+
+/// The deployer's report in the worktree, read as untrusted input (a
+/// regular file, no symlink anywhere below the worktree, capped, off the
+/// runtime). `Ok(None)` when it was not written; `Err` names why it was
+/// refused (the verdict is then a FAILURE naming the file).
+pub(super) async fn read_report(
+    deps: &DeployDeps,
+    worktree: &Path,
+    work_item: &str,
+) -> Result<Option<String>, String> {
+    let rel = Path::new("docs/work-items")
+        .join(work_item)
+        .join(DEPLOY_REPORT);
+    let max = deps.settings.artifact_max_bytes;
+    match crate::untrusted::read_file(worktree, &rel, max, crate::untrusted::READ_TIMEOUT).await {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(format!("the deploy report was refused: {e}")),
     }
 }
 
@@ -85,7 +105,9 @@ pub(super) async fn deploy(
 
     let spec = launcher::resolve(&deps.settings, project, ROLE);
     let stage = ctx.from.as_str();
-    let earlier = FsArtifacts.load(task).await.artifacts;
+    let earlier = load_artifacts(task, deps.settings.artifact_max_bytes)
+        .await
+        .artifacts;
     let artifact_rel = format!("docs/work-items/{wi}/");
     let prompt = prompts::compose(&PromptInput {
         role: ROLE,
@@ -127,10 +149,8 @@ pub(super) async fn deploy(
         .await
         .map_err(|e| failed("the deployer agent could not start", &e))?;
 
-    let output = tokio::fs::read(&log)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    // Its log is the agent's output: its tail, bounded, never followed.
+    let output = crate::untrusted::log_tail_text(&log, crate::untrusted::LOG_TAIL_BYTES).await;
     let parsed = usage::parse(&output, &PriceTable::for_model(&spec.model));
     if let Some(w) = &parsed.warning {
         tracing::warn!(work_item = %wi, "deployer usage: {w}");
@@ -166,9 +186,12 @@ pub(super) async fn deploy(
         tracing::warn!(work_item = %wi, error = %e, "the deployer agent's run was not recorded");
     }
 
-    let report = tokio::fs::read_to_string(&report_path).await.ok();
     let secs = run.duration.as_secs_f64();
-    match verdict(run.ended, report.as_deref()) {
+    let judged = match read_report(deps, &wt, wi).await {
+        Ok(report) => verdict(run.ended, report.as_deref()),
+        Err(why) => Err(why),
+    };
+    match judged {
         Ok(()) => {
             tracing::info!(work_item = %wi, secs, cost_usd = u.cost_usd, "deployer agent: deploy_status SUCCESS");
             Ok("deploy_status: SUCCESS (deployer agent)".to_string())

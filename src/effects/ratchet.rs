@@ -208,9 +208,9 @@ impl Effect for ImageRebuild {
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         use super::adopt::{self, Earlier};
         let marker = self.0.marker(&ctx.transition_key, ".image_rebuild.done");
-        match tokio::fs::read_to_string(&marker).await {
-            Ok(text) => return Ok(Some(text.trim().to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        match super::adopt::read_record(&marker).await {
+            Ok(Some(text)) => return Ok(Some(text.trim().to_string())),
+            Ok(None) => {}
             Err(e) => {
                 return Err(EffectError::Unknown(format!(
                     "cannot read {}: {e}",

@@ -22,6 +22,17 @@ impl Pipeline {
                 pr.repo_full_name
             )));
         };
+        // Only a merge into the default branch completes anything: a PR
+        // merged into another branch (a release branch, a stacked PR) did
+        // not ship the change.
+        if pr.base_ref.as_deref() != Some(project.default_branch.as_str()) {
+            return Ok(Handled::Ignored(format!(
+                "PR #{} merged into {}, not the default branch {}",
+                pr.number,
+                pr.base_ref.as_deref().unwrap_or("an unnamed branch"),
+                project.default_branch
+            )));
+        }
         let Some(work_item) = work_item_of(&project.work_item_prefix, &pr.head_ref)
             .or_else(|| work_item_of(&project.work_item_prefix, &pr.title))
         else {

@@ -292,3 +292,51 @@ async fn a_read_that_never_answers_times_out_with_the_file_named() {
         "docs/work-items/W-1 timed out: not read within 20ms"
     );
 }
+
+#[test]
+fn a_write_never_follows_a_planted_link() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    std::fs::create_dir_all(d.path().join("docs/work-items/X")).unwrap();
+    // A link where the report goes: replaced, its target untouched.
+    symlink(
+        &victim,
+        d.path().join("docs/work-items/X/13-test-report.md"),
+    )
+    .unwrap();
+    write_file_blocking(
+        d.path(),
+        Path::new("docs/work-items/X/13-test-report.md"),
+        b"ours",
+    )
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    let written = d.path().join("docs/work-items/X/13-test-report.md");
+    assert!(
+        !std::fs::symlink_metadata(&written)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "ours");
+    // A directory on the way replaced by a link: refused, nothing written.
+    std::fs::remove_dir_all(d.path().join("docs/work-items/X")).unwrap();
+    symlink(outside.path(), d.path().join("docs/work-items/X")).unwrap();
+    let e = write_file_blocking(d.path(), Path::new("docs/work-items/X/r.md"), b"x").unwrap_err();
+    assert!(matches!(e, UntrustedError::Symlink { .. }), "{e}");
+    assert!(!outside.path().join("r.md").exists());
+    let e = ensure_dir_blocking(d.path(), Path::new("docs/work-items/X/sub")).unwrap_err();
+    assert!(matches!(e, UntrustedError::Symlink { .. }), "{e}");
+    // Missing directories are created.
+    ensure_dir_blocking(d.path(), Path::new("a/b/c")).unwrap();
+    assert!(d.path().join("a/b/c").is_dir());
+    // No temp file is left behind.
+    write_file_blocking(d.path(), Path::new("a/b/c/f.md"), b"1").unwrap();
+    let names: Vec<_> = std::fs::read_dir(d.path().join("a/b/c"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("f.md")]);
+}
