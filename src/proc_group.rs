@@ -762,6 +762,95 @@ mod tests {
         assert_ne!(kept.output, "gone");
     }
 
+    #[tokio::test]
+    async fn only_the_group_we_started_is_signalled() {
+        let mut g = spawn(&spec("echo ready; sleep 300")).unwrap();
+        eventually("started", || g.output().contains("ready")).await;
+        assert_eq!(g.owned.check(), Ownership::Ours);
+        // The same id recorded with another leader start time: a reused pid.
+        let reused = Owned {
+            start_time: g.owned.start_time.map(|t| t + 1),
+            ..g.owned.clone()
+        };
+        assert_eq!(reused.check(), Ownership::NotOurs);
+        assert_eq!(reused.kill(GRACE).await, GroupKill::NotOurs);
+        assert!(group_alive(g.pgid), "left alone");
+        // A token of another boot (recorded before a reboot).
+        let rebooted = Owned {
+            token: Some("another-boot:1234".into()),
+            ..g.owned.clone()
+        };
+        assert_eq!(rebooted.check(), Ownership::NotOurs);
+        // No token at all (a row written before tokens existed).
+        let legacy = Owned {
+            token: None,
+            ..g.owned.clone()
+        };
+        assert_eq!(legacy.check(), Ownership::NotOurs);
+        assert_eq!(g.owned.kill(GRACE).await, GroupKill::Terminated);
+        assert_eq!(wait(&mut g).await, Ended::Signaled(Signal::SIGTERM as i32));
+        assert_eq!(g.owned.check(), Ownership::Gone);
+    }
+
+    #[tokio::test]
+    async fn with_the_leader_gone_the_token_in_a_member_tells_ours_from_theirs() {
+        // Ours: the leader exits, its child (with our token) stays.
+        let mut g = spawn(&spec("sleep 300 & echo $!")).unwrap();
+        assert_eq!(wait(&mut g).await, Ended::Exited(0));
+        eventually("the orphan is listed", || !pids_in_group(g.pgid).is_empty()).await;
+        assert_eq!(g.owned.check(), Ownership::Ours);
+        // Theirs: a group started without our token, its leader gone.
+        use std::os::unix::process::CommandExt;
+        let mut theirs = std::process::Command::new("sh")
+            .args(["-c", "sleep 300 & echo $!"])
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let foreign = theirs.id() as i32;
+        theirs.wait().unwrap();
+        eventually("their orphan is listed", || {
+            !pids_in_group(foreign).is_empty()
+        })
+        .await;
+        let claimed = Owned {
+            pgid: foreign,
+            start_time: Some(1),
+            token: Some(new_token()),
+        };
+        assert_eq!(claimed.check(), Ownership::NotOurs);
+        assert_eq!(claimed.kill(GRACE).await, GroupKill::NotOurs);
+        assert!(group_alive(foreign), "their group is left alone");
+        kill_group(foreign, GRACE).await;
+        assert_eq!(g.owned.kill(GRACE).await, GroupKill::Terminated);
+    }
+
+    #[tokio::test]
+    async fn a_command_that_survives_drop_is_left_running_and_needs_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let mut s = spec("echo $$; exec sleep 300");
+        s.survives_drop = true;
+        let err = run(&s, Duration::from_secs(60), GRACE).await.unwrap_err();
+        assert!(err.to_string().contains("needs a log file"), "{err}");
+        s.log = Some(log.clone());
+        let task = tokio::spawn(async move { run(&s, Duration::from_secs(60), GRACE).await });
+        let read_pgid = || {
+            numbers(&std::fs::read_to_string(&log).unwrap_or_default())
+                .first()
+                .copied()
+        };
+        eventually("the pgid is logged", || read_pgid().is_some()).await;
+        let pgid = read_pgid().unwrap();
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert!(group_alive(pgid), "dropping the future did not kill it");
+        // Its own session: it does not share the daemon's.
+        let sid = nix::unistd::getsid(Some(Pid::from_raw(pgid))).unwrap();
+        assert_eq!(sid.as_raw(), pgid);
+        kill_group(pgid, GRACE).await;
+    }
+
     #[test]
     fn spawn_outside_a_runtime_is_an_error_not_a_panic() {
         let err = spawn(&spec("true")).unwrap_err();

@@ -24,7 +24,7 @@ use orchestrator::notify::RecordingNotifier;
 use orchestrator::stage_engine::lease::process_start_time;
 use orchestrator::stage_engine::{
     Boot, Effect, EffectCtx, EffectError, EffectRegistry, EffectResult, Engine, EngineError,
-    GateInputs, Hooks, Outcome, Step, transition_key,
+    ForceRelease, GateInputs, Hooks, Outcome, Step, transition_key,
 };
 use tokio::sync::Notify;
 
@@ -2105,5 +2105,71 @@ async fn recovery_skips_a_task_it_cannot_resume_and_goes_on() {
         h.alert_kinds()
             .iter()
             .any(|(k, wi)| *k == "recovery_failed" && wi.as_deref() == Some("DEMO-1"))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Fencing (invariant 10): a holder whose lease was taken changes nothing
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stalled_past_a_force_release_cannot_write_the_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&support::db_path(dir.path())).await.unwrap();
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let boot = Boot::new();
+    let stalled = Engine::builder(db.clone(), boot.clone())
+        .inputs(Inputs::passing(true))
+        .notifier(Arc::new(RecordingNotifier::default()))
+        .hooks(Arc::new(Stepper {
+            reached: Mutex::new(reached_tx),
+            go: Mutex::new(go_rx),
+        }))
+        .build();
+    let id = tasks::insert(
+        db.writer(),
+        &NewTask {
+            work_item: "DEMO-1".into(),
+            project: "demo".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // created -> analysis: no effect, only the CAS after the lease.
+    let e = stalled.clone();
+    let holder = tokio::spawn(async move { e.advance_stage(id, "monitor").await });
+    let next = || reached.recv_timeout(WAIT).expect("a step");
+    assert_eq!(next(), Step::BeforeLease);
+    go.send(()).unwrap();
+    assert_eq!(next(), Step::AfterLease);
+    // The holder stalls here; an operator force-releases its lease.
+    let operator = Engine::builder(db.clone(), boot.clone())
+        .notifier(Arc::new(RecordingNotifier::default()))
+        .build();
+    assert!(matches!(
+        operator.force_release("DEMO-1", "test").await.unwrap(),
+        ForceRelease::Released(_)
+    ));
+    go.send(()).unwrap();
+    assert_eq!(next(), Step::BeforeRelease, "no CAS went through");
+    go.send(()).unwrap();
+    let out = tokio::time::timeout(WAIT, holder)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, Outcome::LostRace);
+    let t = tasks::get(db.reader(), id).await.unwrap().unwrap();
+    assert_eq!((t.stage, t.stage_version), (Created, 0), "nothing written");
+    assert!(history::for_task(db.reader(), id).await.unwrap().is_empty());
+    // The next holder moves it.
+    let next_holder = Engine::builder(db.clone(), Boot::new())
+        .inputs(Inputs::passing(true))
+        .build();
+    assert_eq!(
+        next_holder.advance_stage(id, "monitor").await.unwrap(),
+        advanced(Created, Analysis, 1)
     );
 }

@@ -568,10 +568,17 @@ impl ProdDeploy {
         };
         let project = self.0.project(ctx)?;
         let verdict = if project.deploy_command.trim().is_empty() {
-            let report = match ctx.task.worktree.as_deref() {
-                Some(wt) => super::deploy_agent::read_report(&self.0, Path::new(wt), wi).await,
-                None => Ok(None),
-            };
+            // The worktree the deployer ran in: recorded on the task, else
+            // where the workspace puts it.
+            let wt = ctx
+                .task
+                .worktree
+                .clone()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    crate::git::Workspace::new(&self.0.settings.workspace_root).worktree_dir(wi)
+                });
+            let report = super::deploy_agent::read_report(&self.0, &wt, wi).await;
             report.and_then(|text| super::deploy_agent::verdict(ended, text.as_deref()))
         } else if ended == Ended::Exited(0) {
             Ok(())

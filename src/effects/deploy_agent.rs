@@ -86,13 +86,29 @@ pub(super) async fn deploy(
     let recorded = task.worktree.as_deref().map(PathBuf::from);
     let wt = match recorded.filter(|p| p.is_dir()) {
         Some(wt) => wt,
-        None => Workspace::new(&deps.settings.workspace_root)
-            .prepare(project, wi)
+        None => {
+            let wt = Workspace::new(&deps.settings.workspace_root)
+                .prepare(project, wi)
+                .await
+                .map_err(|e| failed("preparing the worktree for the deployer agent", &e))?;
+            // Recorded, so a restart that adopts this run finds its report.
+            let branch = crate::git::branch_name(wi);
+            if let Err(e) = crate::db::tasks::set_workspace(
+                deps.db.writer(),
+                task.id,
+                &branch,
+                &wt.to_string_lossy(),
+            )
             .await
-            .map_err(|e| failed("preparing the worktree for the deployer agent", &e))?,
+            {
+                tracing::warn!(work_item = %wi, error = %e, "the deployer's worktree was not recorded");
+            }
+            wt
+        }
     };
     let artifacts = artifact_dir(&wt, wi);
-    tokio::fs::create_dir_all(&artifacts)
+    // No link an earlier agent planted in the worktree is followed.
+    crate::untrusted::ensure_dir(&wt, &Path::new("docs/work-items").join(wi))
         .await
         .map_err(|e| failed("creating the artifact dir", &e))?;
     let report_path = artifacts.join(DEPLOY_REPORT);

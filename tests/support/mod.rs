@@ -32,6 +32,7 @@ pub fn db_path(dir: &Path) -> PathBuf {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_orchestrator")
 }
+pub mod daemon;
 pub mod deploy_env;
 pub mod doubles;
 pub mod gitea_double;
