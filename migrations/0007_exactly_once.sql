@@ -49,3 +49,19 @@ DROP TABLE effects;
 ALTER TABLE effects_v7 RENAME TO effects;
 CREATE INDEX effects_task_version ON effects (task_id, stage_version);
 CREATE INDEX effects_open ON effects (state) WHERE state IN ('planned','unknown');
+
+-- The stage write and its history row in ONE statement (ADR 0008): the CAS
+-- (`stage_engine::cas`, the only writer of tasks.stage) names its actor and
+-- reason in these two columns; this trigger turns them into the
+-- stage_history row inside the same statement and clears them. An update
+-- that does not name an actor (test set-up) writes no history.
+ALTER TABLE tasks ADD COLUMN stage_actor TEXT;
+ALTER TABLE tasks ADD COLUMN stage_reason TEXT;
+CREATE TRIGGER tasks_stage_history AFTER UPDATE OF stage_version ON tasks
+WHEN NEW.stage_actor IS NOT NULL
+BEGIN
+    INSERT INTO stage_history (task_id, from_stage, to_stage, from_version, to_version, actor, reason, at)
+    VALUES (NEW.id, OLD.stage, NEW.stage, OLD.stage_version, NEW.stage_version,
+            NEW.stage_actor, COALESCE(NEW.stage_reason, ''), NEW.updated_at);
+    UPDATE tasks SET stage_actor = NULL, stage_reason = NULL WHERE id = NEW.id;
+END;

@@ -115,7 +115,7 @@ fn sim_child() {
                     }
                     if mode == "race" {
                         // Interleave, do not dominate: the parent's actors lead.
-                        tokio::time::sleep(Duration::from_micros(rng.gen_range(3000..12000))).await;
+                        tokio::time::sleep(Duration::from_micros(rng.gen_range(10_000..30_000))).await;
                     }
                 }
             }));
@@ -171,7 +171,12 @@ async fn run_batches(eng: &Engine, seed: u64, until: Instant, tally: Arc<Tally>)
     let mut batch_no = 0u64;
     while Instant::now() < until {
         batch_no += 1;
-        let ids = sim::create_tasks(eng.db(), &format!("SIM{batch_no}"), 16).await;
+        let ids = sim::create_tasks(
+            eng.db(),
+            &format!("SIM{batch_no}"),
+            env_u64("SIM_BATCH").unwrap_or(16) as usize,
+        )
+        .await;
         let mut handles = Vec::new();
         for (i, actor) in ACTORS.iter().enumerate() {
             let (eng, tally, ids) = (eng.clone(), tally.clone(), ids.clone());

@@ -2137,13 +2137,26 @@ async fn a_holder_stalled_past_a_force_release_cannot_write_the_stage() {
     )
     .await
     .unwrap();
-    // created -> analysis: no effect, only the CAS after the lease.
+    // deploy -> done: both effects recorded done, then the holder stalls
+    // right before its stage write.
+    sqlx::query("UPDATE tasks SET stage = 'deploy', stage_version = 7 WHERE id = ?")
+        .bind(id)
+        .execute(db.writer())
+        .await
+        .unwrap();
     let e = stalled.clone();
-    let holder = tokio::spawn(async move { e.advance_stage(id, "monitor").await });
+    let holder = tokio::spawn(async move { e.advance_stage(id, "finalizer").await });
     let next = || reached.recv_timeout(WAIT).expect("a step");
-    assert_eq!(next(), Step::BeforeLease);
-    go.send(()).unwrap();
-    assert_eq!(next(), Step::AfterLease);
+    let mut dones = 0;
+    while dones < 2 {
+        if next() == Step::AfterDone {
+            dones += 1;
+            if dones == 2 {
+                break;
+            }
+        }
+        go.send(()).unwrap();
+    }
     // The holder stalls here; an operator force-releases its lease.
     let operator = Engine::builder(db.clone(), boot.clone())
         .notifier(Arc::new(RecordingNotifier::default()))
@@ -2162,14 +2175,14 @@ async fn a_holder_stalled_past_a_force_release_cannot_write_the_stage() {
         .unwrap();
     assert_eq!(out, Outcome::LostRace);
     let t = tasks::get(db.reader(), id).await.unwrap().unwrap();
-    assert_eq!((t.stage, t.stage_version), (Created, 0), "nothing written");
+    assert_eq!((t.stage, t.stage_version), (Deploy, 7), "nothing written");
     assert!(history::for_task(db.reader(), id).await.unwrap().is_empty());
-    // The next holder moves it.
+    // The next holder completes the journaled transition; nothing reruns.
     let next_holder = Engine::builder(db.clone(), Boot::new())
         .inputs(Inputs::passing(true))
         .build();
     assert_eq!(
-        next_holder.advance_stage(id, "monitor").await.unwrap(),
-        advanced(Created, Analysis, 1)
+        next_holder.advance_stage(id, "finalizer").await.unwrap(),
+        advanced(Deploy, Done, 8)
     );
 }

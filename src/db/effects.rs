@@ -5,6 +5,7 @@ use sqlx::{Executor, FromRow, Sqlite};
 
 use super::leases::{FENCE_SQL, Fence};
 use super::now_ms;
+use super::tasks::TaskRow;
 use crate::domain::Stage;
 
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq, Eq)]
@@ -86,6 +87,7 @@ pub async fn replan<'e>(
     let r = sqlx::query(&sql)
         .bind(holder)
         .bind(id)
+        .bind(fence.enforce)
         .bind(fence.task_id)
         .bind(fence.generation)
         .execute(ex)
@@ -111,6 +113,7 @@ pub async fn mark_done<'e>(
         .bind(result)
         .bind(now_ms())
         .bind(id)
+        .bind(fence.enforce)
         .bind(fence.task_id)
         .bind(fence.generation)
         .execute(ex)
@@ -131,6 +134,7 @@ pub async fn mark_failed<'e>(
     let r = sqlx::query(&sql)
         .bind(error)
         .bind(id)
+        .bind(fence.enforce)
         .bind(fence.task_id)
         .bind(fence.generation)
         .execute(ex)
@@ -156,6 +160,7 @@ pub async fn mark_unknown<'e>(
         .bind(error)
         .bind(now_ms())
         .bind(id)
+        .bind(fence.enforce)
         .bind(fence.task_id)
         .bind(fence.generation)
         .execute(ex)
@@ -202,4 +207,28 @@ pub async fn open<'e>(
     sqlx::query_as("SELECT * FROM effects WHERE state = 'planned' ORDER BY id")
         .fetch_all(ex)
         .await
+}
+
+/// A task and the target of the transition journaled at its current
+/// version, if any (the engine's snapshot, in one read).
+pub async fn snapshot<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    task_id: i64,
+) -> Result<Option<(TaskRow, Option<Stage>)>, sqlx::Error> {
+    #[derive(FromRow)]
+    struct Snap {
+        #[sqlx(flatten)]
+        task: TaskRow,
+        intent_to: Option<Stage>,
+    }
+    let s: Option<Snap> = sqlx::query_as(
+        "SELECT t.*, (SELECT e.to_stage FROM effects e WHERE e.task_id = t.id
+                       AND e.stage_version = t.stage_version
+                       AND e.state IN ('planned','unknown','done') ORDER BY e.id LIMIT 1) AS intent_to
+         FROM tasks t WHERE t.id = ?",
+    )
+    .bind(task_id)
+    .fetch_optional(ex)
+    .await?;
+    Ok(s.map(|s| (s.task, s.intent_to)))
 }

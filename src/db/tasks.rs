@@ -203,12 +203,13 @@ pub async fn set_hold_fenced<'e>(
 ) -> Result<bool, sqlx::Error> {
     let now = now_ms();
     let r = sqlx::query(
-        "UPDATE tasks SET hold_reason = ?, held_at = ?, updated_at = ? WHERE id = ? AND lease_generation = ?",
+        "UPDATE tasks SET hold_reason = ?, held_at = ?, updated_at = ? WHERE id = ? AND (NOT ? OR lease_generation = ?)",
     )
     .bind(reason)
     .bind(now)
     .bind(now)
     .bind(fence.task_id)
+    .bind(fence.enforce)
     .bind(fence.generation)
     .execute(ex)
     .await?;

@@ -13,7 +13,7 @@ impl Engine {
     /// transition left unfinished at this version, or a requested cancel,
     /// takes precedence over the gate. Never panics.
     pub async fn advance_stage(&self, task_id: i64, actor: &str) -> Result<Outcome, EngineError> {
-        let Some(snap) = self.task(task_id).await? else {
+        let Some((snap, intent)) = effects::snapshot(self.0.db.reader(), task_id).await? else {
             return Ok(Outcome::NotFound);
         };
         if snap.stage.is_terminal() {
@@ -21,12 +21,8 @@ impl Engine {
         }
         let (target, reason) = if snap.cancel_requested_at.is_some() {
             (Stage::Cancelled, "cancel requested".to_string())
-        } else if let Some(row) =
-            effects::intent_at(self.0.db.reader(), task_id, snap.stage_version)
-                .await?
-                .first()
-        {
-            (row.to_stage, "resume journaled transition".to_string())
+        } else if let Some(to) = intent {
+            (to, "resume journaled transition".to_string())
         } else {
             let spec = snap.stage.spec();
             let Some(gate) = spec.gate else {
@@ -55,6 +51,17 @@ impl Engine {
                 },
             }
         };
+        // A move without effects is one statement, and owes no deferred
+        // cancel: a cancel requested before it makes it fall through to the
+        // full path, one requested after it is its requester's to apply.
+        if snap.stage.can_move_to(target)
+            && snap.stage.effects_to(target).is_empty()
+            && let Some(out) = self
+                .transition_in_one_statement(&snap, target, actor, &reason)
+                .await?
+        {
+            return Ok(out);
+        }
         let out = self.transition(&snap, target, actor, &reason).await?;
         self.apply_pending_cancel(task_id, actor, &out).await?;
         Ok(out)

@@ -118,6 +118,7 @@ impl LeaseGuard {
         leases::Fence {
             task_id: self.task_id,
             generation: self.generation,
+            enforce: true,
         }
     }
 
@@ -181,9 +182,12 @@ pub(crate) async fn acquire(
     task_id: i64,
     actor: &str,
     transition: &str,
+    // The simulation's `lease` defence off: a live owner is overridden.
+    ignore_live: bool,
 ) -> Result<Acquire, sqlx::Error> {
     // Most busy answers need no write lock: a read sees the live owner.
     if let Some(row) = leases::get(db.reader(), task_id).await?
+        && !ignore_live
         && boot.is_live(&row)
     {
         return Ok(Acquire::Busy(row));
@@ -204,6 +208,7 @@ pub(crate) async fn acquire(
     let mut tx = db.begin_write().await?;
     let existing = leases::get(&mut *tx, task_id).await?;
     if let Some(row) = &existing
+        && !ignore_live
         && boot.is_live(row)
     {
         return Ok(Acquire::Busy(row.clone()));

@@ -9,6 +9,7 @@
 //! running twice across crashes. See `docs/adr/0002-stage-engine.md`.
 
 pub mod advance;
+mod atomic;
 pub mod cas;
 pub mod inputs;
 pub mod journal;
@@ -136,6 +137,54 @@ impl Step {
     ];
 }
 
+/// The defences of the guarantee (ADR 0002, 0007). The daemon always runs
+/// with all of them. The simulation (B-2) turns one off at a time to show
+/// that each carries weight; that is possible only with the
+/// `defence-switches` cargo feature, which only the test build enables
+/// (through the crate's dev-dependency on itself): the shipped binary has
+/// no way to turn any off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Defences {
+    /// A live lease holder makes others `LeaseBusy`.
+    pub lease: bool,
+    /// The stage write compares (stage, stage_version).
+    pub cas: bool,
+    /// Effects run through the journal (planned → done rows).
+    pub journal: bool,
+    /// An open row is reconciled with the outside before it is applied.
+    pub reconcile: bool,
+    /// A holder's writes after planning are conditioned on its generation.
+    pub fencing: bool,
+}
+
+impl Defences {
+    pub const ALL: Defences = Defences {
+        lease: true,
+        cas: true,
+        journal: true,
+        reconcile: true,
+        fencing: true,
+    };
+
+    /// The names the simulation prints: `lease`, `cas`, `journal`,
+    /// `reconcile`, `fencing`.
+    pub const NAMES: [&'static str; 5] = ["lease", "cas", "journal", "reconcile", "fencing"];
+
+    /// All defences but `name`.
+    pub fn without(name: &str) -> Option<Defences> {
+        let mut d = Defences::ALL;
+        match name {
+            "lease" => d.lease = false,
+            "cas" => d.cas = false,
+            "journal" => d.journal = false,
+            "reconcile" => d.reconcile = false,
+            "fencing" => d.fencing = false,
+            _ => return None,
+        }
+        Some(d)
+    }
+}
+
 /// Observer of step boundaries. The daemon uses the no-op default.
 pub trait Hooks: Send + Sync {
     fn at(&self, _step: Step, _task_id: i64) {}
@@ -159,6 +208,8 @@ struct Inner {
     notifier: Arc<dyn Notifier>,
     hooks: Arc<dyn Hooks>,
     drain: Arc<EffectDrain>,
+    #[cfg(feature = "defence-switches")]
+    defences: Defences,
 }
 
 /// Cheap to clone; every actor holds one.
@@ -173,9 +224,18 @@ pub struct EngineBuilder {
     notifier: Arc<dyn Notifier>,
     hooks: Arc<dyn Hooks>,
     drain: Arc<EffectDrain>,
+    #[cfg(feature = "defence-switches")]
+    defences: Defences,
 }
 
 impl EngineBuilder {
+    /// Simulation only: run without some defences (see [`Defences`]).
+    #[cfg(feature = "defence-switches")]
+    pub fn defences(mut self, d: Defences) -> Self {
+        self.defences = d;
+        self
+    }
+
     /// The process's drain of effects in flight (B-13): a graceful stop
     /// waits for the effects this engine runs and refuses new ones.
     pub fn drain(mut self, d: Arc<EffectDrain>) -> Self {
@@ -210,6 +270,8 @@ impl EngineBuilder {
             notifier: self.notifier,
             hooks: self.hooks,
             drain: self.drain,
+            #[cfg(feature = "defence-switches")]
+            defences: self.defences,
         }))
     }
 }
@@ -232,6 +294,21 @@ impl Engine {
             notifier: Arc::new(LogNotifier),
             hooks: Arc::new(NoHooks),
             drain: EffectDrain::new(),
+            #[cfg(feature = "defence-switches")]
+            defences: Defences::ALL,
+        }
+    }
+
+    /// The defences this engine runs with: all of them, except in a
+    /// simulation build that switched one off.
+    pub fn defences(&self) -> Defences {
+        #[cfg(feature = "defence-switches")]
+        {
+            self.0.defences
+        }
+        #[cfg(not(feature = "defence-switches"))]
+        {
+            Defences::ALL
         }
     }
 
@@ -295,6 +372,14 @@ impl Engine {
         }
         let task_id = snap.id;
         self.hook(Step::BeforeLease, task_id);
+        // No effect to run: one transaction does it all (atomic.rs).
+        if snap.stage.effects_to(target).is_empty()
+            && let Some(out) = self
+                .transition_in_one_statement(snap, target, actor, reason)
+                .await?
+        {
+            return Ok(out);
+        }
         let key = transition_key(task_id, snap.stage, target, snap.stage_version);
         let acquired = lease::acquire(
             &self.0.db,
@@ -303,6 +388,7 @@ impl Engine {
             task_id,
             actor,
             &key,
+            !self.defences().lease,
         )
         .await?;
         let guard = match acquired {
@@ -328,8 +414,12 @@ impl Engine {
             }
         };
         self.hook(Step::AfterLease, task_id);
+        let fence = Fence {
+            enforce: self.defences().fencing,
+            ..guard.fence()
+        };
         let result = self
-            .in_lease(&guard.token, guard.fence(), snap, target, actor, reason)
+            .in_lease(&guard.token, fence, snap, target, actor, reason)
             .await;
         self.hook(Step::BeforeRelease, task_id);
         match result {
@@ -364,9 +454,12 @@ impl Engine {
         let Some(cur) = tasks::get(self.0.db.reader(), task_id).await? else {
             return Ok((Outcome::NotFound, false));
         };
-        if cur.stage != snap.stage || cur.stage_version != snap.stage_version {
+        let d = self.defences();
+        if d.cas && (cur.stage != snap.stage || cur.stage_version != snap.stage_version) {
             return Ok((Outcome::LostRace, false));
         }
+        // The `cas` defence off (simulation only): decide on the snapshot.
+        let cur = if d.cas { cur } else { snap.clone() };
         let version = cur.stage_version;
         let intent = effects::intent_at(self.0.db.reader(), task_id, version).await?;
         let cancelling = cur.cancel_requested_at.is_some() || proposed == Stage::Cancelled;
@@ -463,10 +556,11 @@ impl Engine {
                 task_id,
                 from: cur.stage,
                 from_version: version,
-                generation: fence.generation,
+                generation: d.fencing.then_some(fence.generation),
                 to: target,
                 actor,
                 reason,
+                compare: d.cas,
             },
         )
         .await?;
@@ -480,26 +574,7 @@ impl Engine {
         drop(in_flight);
         self.hook(Step::AfterCas, task_id);
         tracing::info!(work_item = %cur.work_item, from = %cur.stage, to = %target, version, actor, reason, "stage moved");
-        let out = if target == Stage::Cancelled {
-            Outcome::Cancelled {
-                from: cur.stage,
-                version,
-            }
-        } else if Some(target) == cur.stage.next() {
-            Outcome::Advanced {
-                from: cur.stage,
-                to: target,
-                version,
-            }
-        } else {
-            Outcome::RolledBack {
-                from: cur.stage,
-                to: target,
-                version,
-                reason: reason.to_string(),
-            }
-        };
-        Ok((out, true))
+        Ok((moved(cur.stage, target, version, reason), true))
     }
 
     /// Run one effect through the journal. `Some(outcome)` stops the
@@ -554,16 +629,22 @@ impl Engine {
             };
             hooks.at(step, task_id);
         };
-        let ran = journal::run(journal::RunArgs {
+        let d = self.defences();
+        let args = journal::RunArgs {
             db: &self.0.db,
             effect: effect.as_ref(),
             ctx: &ctx,
             version: task.stage_version,
             holder,
             fence,
+            reconcile: d.reconcile,
             at: &at,
-        })
-        .await;
+        };
+        let ran = if d.journal {
+            journal::run(args).await
+        } else {
+            journal::run_unjournaled(args).await
+        };
         let (error, unknown) = match ran {
             Ok(_) => return Ok(None),
             Err(EngineError::Effect { error, .. }) => {
@@ -616,6 +697,22 @@ impl Engine {
                 error,
             }
         }))
+    }
+}
+
+/// The outcome of a won stage write `from -> to`, now at `version`.
+fn moved(from: Stage, to: Stage, version: i64, reason: &str) -> Outcome {
+    if to == Stage::Cancelled {
+        Outcome::Cancelled { from, version }
+    } else if Some(to) == from.next() {
+        Outcome::Advanced { from, to, version }
+    } else {
+        Outcome::RolledBack {
+            from,
+            to,
+            version,
+            reason: reason.to_string(),
+        }
     }
 }
 
