@@ -1,29 +1,42 @@
 //! B-2: the stage engine's guarantee as a property. Seeded actors (the
 //! monitor, both webhooks, reconciler, reaper, finalizer with its merge-gate
-//! rollbacks, STOP) drive the same tasks through advance, rollback and
-//! cancel, as tokio tasks in this process AND as separate OS processes on
-//! the same SQLite file. Every effect counts itself outside the journal; the
-//! checker counts duplicates and contradictions, which must be 0.
+//! rollbacks, STOP, an operator who force-releases stuck leases) drive the
+//! same tasks through advance, rollback and cancel, as tokio tasks in this
+//! process AND in two more OS processes on the same SQLite file, with
+//! faults: effects that await before they land and sometimes lose their
+//! answer, holders that stall at step boundaries and wake up after the
+//! operator took their lease, child processes SIGKILLed at random moments or
+//! stopped gracefully (SIGTERM: drain) and restarted (recovery). Every
+//! effect counts itself outside the journal; the checker counts duplicate
+//! effects, contradictions (stage history against STAGE_TRANSITIONS and the
+//! gate verdicts, effects without their transition) and stuck tasks: all 0.
 //!
-//! `SIM_SECONDS` (default 60 under CI=true, else 10) and `SIM_SEED` steer it;
-//! the seed is printed so a failure can be replayed.
+//! `each_defence_carries_weight` runs the same simulation with one defence
+//! of the engine switched off at a time (`stage_engine::Defences`, a
+//! test-only feature) and must see violations for every one.
+//!
+//! `SIM_SECONDS` (default 60 under CI=true, else 10), `SIM_SEED`,
+//! `SIM_BATCH` (tasks per batch, 48), `SIM_CHILDREN` (racing child processes, 1) steer it. A failing
+//! run writes its seed and schedule under `target/sim-failures/` and prints
+//! the path; `SIM_REPLAY=<file>` re-runs that schedule (see ADR 0008 for how
+//! close a replay comes).
 
 mod support;
 
+use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orchestrator::db::tasks::{self};
 use orchestrator::db::{Db, now_ms};
-use orchestrator::domain::{GateVerdict, Stage};
 use orchestrator::notify::RecordingNotifier;
-use orchestrator::stage_engine::{Boot, Effect, EffectCtx, Engine, GateInputs, transition_key};
-use rand::seq::SliceRandom;
+use orchestrator::stage_engine::{Boot, Defences, Engine, EngineError, Outcome};
+use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::sim::{self, ACTORS, SimInputs, Tally};
+use support::sim::{self, ACTORS, EffectFaults, SimInputs, StallHook, Tally};
 
 const CHILD_ENV: &str = "ORCH_SIM_CHILD";
 
@@ -31,24 +44,79 @@ fn env_u64(key: &str) -> Option<u64> {
     std::env::var(key).ok().and_then(|v| v.parse().ok())
 }
 
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
 fn sim_seconds() -> u64 {
-    env_u64("SIM_SECONDS").unwrap_or(if std::env::var("CI").is_ok_and(|v| v == "true") {
-        60
-    } else {
-        10
-    })
+    env_u64("SIM_SECONDS").unwrap_or(if in_ci() { 60 } else { 10 })
 }
 
 fn seed() -> u64 {
     env_u64("SIM_SEED").unwrap_or_else(|| now_ms() as u64)
 }
 
-fn engine(db: &Db, counts: &Path, seed: u64, notifier: Arc<RecordingNotifier>) -> Engine {
-    Engine::builder(db.clone(), Boot::new())
-        .effects(sim::counting_registry(counts))
+/// The faults of a run (all on unless the run is the contention test).
+#[derive(Clone, Copy, Debug)]
+struct Faults {
+    /// Percent of step boundaries at which a holder stalls.
+    stall_pct: u64,
+    effects: Option<EffectFaults>,
+    /// One operator step in this many actor steps force-releases the lease
+    /// of a stalled holder.
+    operator_every: u64,
+}
+
+impl Faults {
+    fn on(seed: u64) -> Faults {
+        Faults {
+            stall_pct: 2,
+            effects: Some(EffectFaults {
+                seed,
+                lose_answer_pct: 3,
+                max_latency_us: 400,
+            }),
+            operator_every: 8,
+        }
+    }
+    /// The defence runs: more stalls and a busier operator, so the window
+    /// a missing defence leaves open is met within the budget.
+    fn harsh(seed: u64) -> Faults {
+        Faults {
+            stall_pct: 6,
+            operator_every: 3,
+            ..Faults::on(seed)
+        }
+    }
+    fn off() -> Faults {
+        Faults {
+            stall_pct: 0,
+            effects: None,
+            operator_every: 0,
+        }
+    }
+}
+
+struct World {
+    engine: Engine,
+    stalls: Arc<StallHook>,
+    force_releases: AtomicU64,
+}
+
+fn world(db: &Db, counts: &Path, seed: u64, faults: Faults, defences: Defences) -> World {
+    let stalls = StallHook::new(seed ^ std::process::id() as u64, faults.stall_pct);
+    let engine = Engine::builder(db.clone(), Boot::new())
+        .effects(sim::faulty_registry(counts, faults.effects))
         .inputs(Arc::new(SimInputs { seed }))
-        .notifier(notifier)
-        .build()
+        .notifier(Arc::new(RecordingNotifier::default()))
+        .hooks(stalls.clone())
+        .defences(defences)
+        .build();
+    World {
+        engine,
+        stalls,
+        force_releases: AtomicU64::new(0),
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -59,9 +127,146 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// What one actor step does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Advance,
+    Cancel,
+    /// The merge gate's red re-test (deploy-staging -> development).
+    Rollback,
+    /// The operator force-releases the lease of a stalled holder.
+    Release,
+}
+
+impl Action {
+    fn code(self) -> char {
+        match self {
+            Action::Advance => 'a',
+            Action::Cancel => 'c',
+            Action::Rollback => 'r',
+            Action::Release => 'x',
+        }
+    }
+    fn from_code(c: char) -> Option<Action> {
+        Some(match c {
+            'a' => Action::Advance,
+            'c' => Action::Cancel,
+            'r' => Action::Rollback,
+            'x' => Action::Release,
+            _ => return None,
+        })
+    }
+}
+
+/// The seeded choice of an actor: which task and what to do.
+fn choose(actor: &str, rng: &mut StdRng, faults: Faults, live: usize) -> (usize, Action) {
+    let pos = rng.gen_range(0..live);
+    let action = match actor {
+        _ if faults.operator_every > 0 && rng.gen_range(0..faults.operator_every) == 0 => {
+            Action::Release
+        }
+        "stop" if rng.gen_range(0..100) < 2 => Action::Cancel,
+        "finalizer" if rng.gen_range(0..100) < 10 => Action::Rollback,
+        _ => Action::Advance,
+    };
+    (pos, action)
+}
+
+async fn act(w: &World, actor: &str, task_id: i64, action: Action) -> Result<Outcome, EngineError> {
+    let e = &w.engine;
+    match action {
+        Action::Advance => e.advance_stage(task_id, actor).await,
+        Action::Cancel => e.cancel(task_id, "stop", "STOP").await.map(|(o, _)| o),
+        Action::Rollback => {
+            e.rollback(
+                task_id,
+                orchestrator::domain::Stage::DeployStaging,
+                "merge-gate",
+                "red re-test",
+            )
+            .await
+        }
+        Action::Release => {
+            // Only a holder that looks stuck (stalled at a step boundary),
+            // and only that holder, as /queue named it.
+            if let Some((stalled, holder)) = w.stalls.stalled_now().first().cloned()
+                && let Some(t) = orchestrator::db::tasks::get(e.db().reader(), stalled).await?
+                && let orchestrator::stage_engine::ForceRelease::Released(_) = e
+                    .force_release_holder(&t.work_item, Some(&holder), "operator")
+                    .await?
+            {
+                w.force_releases.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Outcome::Pending {
+                stage: orchestrator::domain::Stage::Created,
+                reason: "operator".into(),
+            })
+        }
+    }
+}
+
+/// Recorded steps per (batch, actor), in order.
+type Steps = HashMap<(u64, usize), Vec<(usize, Action)>>;
+
+/// The schedule of a run: `batch actor pos action` per step, for replay.
+#[derive(Default)]
+struct Schedule {
+    lines: Mutex<Vec<String>>,
+    /// Replay: the steps to follow instead of the seeded choices.
+    replay: Option<Steps>,
+}
+
+impl Schedule {
+    fn load(path: &Path) -> Schedule {
+        let text = std::fs::read_to_string(path).expect("SIM_REPLAY file");
+        let mut m: Steps = HashMap::new();
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if let [b, a, p, c] = f[..]
+                && let (Ok(b), Ok(a), Ok(p), Some(c)) = (
+                    b.parse(),
+                    a.parse(),
+                    p.parse(),
+                    c.chars().next().and_then(Action::from_code),
+                )
+            {
+                m.entry((b, a)).or_default().push((p, c));
+            }
+        }
+        Schedule {
+            lines: Mutex::default(),
+            replay: Some(m),
+        }
+    }
+
+    fn record(&self, batch: u64, actor: usize, pos: usize, a: Action) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push(format!("{batch} {actor} {pos} {}", a.code()));
+    }
+
+    fn write(&self, seed: u64, what: &str) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sim-failures");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{what}-seed-{seed}.schedule"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(
+            f,
+            "# seed={seed} run={what}; replay: SIM_SEED={seed} SIM_REPLAY={}",
+            path.display()
+        )
+        .unwrap();
+        for l in self.lines.lock().unwrap().iter() {
+            writeln!(f, "{l}").unwrap();
+        }
+        path
+    }
+}
+
 /// A child actor process: `ORCH_SIM_CHILD=<mode>` with the database, count
-/// file, seed and duration in the environment. Without the variable this
-/// test does nothing (it is the re-exec entry point).
+/// file, seed, duration, disabled defence and faults in the environment.
+/// Without the variable this test does nothing (it is the re-exec entry).
 #[test]
 fn sim_child() {
     let Ok(mode) = std::env::var(CHILD_ENV) else {
@@ -70,32 +275,49 @@ fn sim_child() {
     let db_path = PathBuf::from(std::env::var("SIM_DB").unwrap());
     let counts = PathBuf::from(std::env::var("SIM_COUNTS").unwrap());
     let seed = env_u64("SIM_SEED").unwrap();
+    let salt = env_u64("SIM_SALT").unwrap_or(0);
     let secs = env_u64("SIM_SECONDS").unwrap();
+    let defences = std::env::var("SIM_DISABLE")
+        .ok()
+        .and_then(|d| Defences::without(&d))
+        .unwrap_or(Defences::ALL);
+    let faults = match env_u64("SIM_FAULTS") {
+        Some(2) => Faults::harsh(seed),
+        Some(1) => Faults::on(seed),
+        _ => Faults::off(),
+    };
     let rt = runtime();
     let tally = rt.block_on(async move {
         let db = Db::open(&db_path).await.unwrap();
-        let eng = engine(&db, &counts, seed, Arc::new(RecordingNotifier::default()));
+        let w = Arc::new(world(&db, &counts, seed, faults, defences));
+        // What the daemon does first after a (re)start.
+        let _ = w.engine.recover_on_startup().await;
         let tally = Arc::new(Tally::default());
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut handles = Vec::new();
-        // Racing children run three actors each, so all actors of the SPEC
-        // appear across processes while the parent's batches lead.
+        // Racing children run three actors each, so all actors appear
+        // across processes while the parent's batches lead.
+        let pid = (std::process::id() as u64 ^ salt) as usize;
         let actors: Vec<(usize, &str)> = if mode == "race" {
-            let off = (std::process::id() as usize) % ACTORS.len();
-            (0..3).map(|k| ((off + k * 2) % ACTORS.len(), ACTORS[(off + k * 2) % ACTORS.len()])).collect()
+            (0..3)
+                .map(|k| (pid + k * 2) % ACTORS.len())
+                .map(|i| (i, ACTORS[i]))
+                .collect()
         } else {
             ACTORS.iter().copied().enumerate().collect()
         };
         for (i, actor) in actors {
-            let (eng, tally) = (eng.clone(), tally.clone());
-            let mode = mode.clone();
-            let mut rng = sim::actor_rng(seed ^ std::process::id() as u64, i);
+            let (w, tally, mode) = (w.clone(), tally.clone(), mode.clone());
+            let mut rng = sim::actor_rng(seed ^ pid as u64, i);
             handles.push(tokio::spawn(async move {
                 loop {
+                    // The newest live tasks: the parent's current batch, where
+                    // the races are.
                     let ids: Vec<i64> = sqlx::query_scalar(
-                        "SELECT id FROM tasks WHERE stage NOT IN ('done','cancelled') ORDER BY random() LIMIT 4",
+                        "SELECT id FROM (SELECT id FROM tasks WHERE stage NOT IN ('done','cancelled')
+                                         ORDER BY id DESC LIMIT 64) ORDER BY random() LIMIT 4",
                     )
-                    .fetch_all(eng.db().reader())
+                    .fetch_all(w.engine.db().reader())
                     .await
                     .unwrap_or_default();
                     if ids.is_empty() {
@@ -108,20 +330,30 @@ fn sim_child() {
                     if mode == "race" && Instant::now() > deadline {
                         break;
                     }
-                    for id in ids {
+                    for id in &ids {
                         sim::jitter(&mut rng).await;
-                        let r = sim::actor_step(&eng, actor, id, &mut rng, 2).await;
+                        let (_, a) = choose(actor, &mut rng, faults, 1);
+                        let r = act(&w, actor, *id, a).await;
                         tally.record(&r);
                     }
                     if mode == "race" {
                         // Interleave, do not dominate: the parent's actors lead.
-                        tokio::time::sleep(Duration::from_micros(rng.gen_range(10_000..30_000))).await;
+                        tokio::time::sleep(Duration::from_micros(rng.gen_range(20_000..60_000))).await;
                     }
                 }
             }));
         }
-        for h in handles {
-            h.await.unwrap();
+        // A graceful stop (SIGTERM): no new effects, the ones in flight
+        // finish (bounded), then exit, as the daemon does (B-13).
+        let drain = w.engine.drain().clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        let all = futures_join(handles);
+        tokio::select! {
+            _ = all => {}
+            _ = term.recv() => {
+                drain.start_draining();
+                drain.wait_idle(Duration::from_secs(10), Duration::from_secs(5), std::future::pending()).await;
+            }
         }
         tally
     });
@@ -134,24 +366,48 @@ fn sim_child() {
         tally.errors.load(Ordering::Relaxed),
         tally.sqlite_busy.load(Ordering::Relaxed),
     );
+    // Leave at once: actors cut mid-step are what a stopping daemon leaves.
+    std::process::exit(0);
 }
 
-fn spawn_child(mode: &str, db: &Path, counts: &Path, seed: u64, secs: u64) -> std::process::Child {
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+#[derive(Clone)]
+struct ChildSpec {
+    mode: &'static str,
+    db: PathBuf,
+    counts: PathBuf,
+    seed: u64,
+    /// Varies the child's own choices; the gate verdicts follow `seed`.
+    salt: u64,
+    secs: u64,
+    disable: Option<&'static str>,
+    faults: u64,
+}
+
+fn spawn_child(c: &ChildSpec) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "sim_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, mode)
-        .env("SIM_DB", db)
-        .env("SIM_COUNTS", counts)
-        .env("SIM_SEED", seed.to_string())
-        .env("SIM_SECONDS", secs.to_string())
+        .env(CHILD_ENV, c.mode)
+        .env("SIM_DB", &c.db)
+        .env("SIM_COUNTS", &c.counts)
+        .env("SIM_SEED", c.seed.to_string())
+        .env("SIM_SALT", c.salt.to_string())
+        .env("SIM_SECONDS", c.secs.to_string())
+        .env("SIM_DISABLE", c.disable.unwrap_or("none"))
+        .env("SIM_FAULTS", c.faults.to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .expect("re-exec the test binary")
 }
 
 /// Parse `child-tally k=v ...` from a child's output.
-fn child_tally(out: &std::process::Output) -> std::collections::HashMap<String, u64> {
+fn child_tally(out: &std::process::Output) -> HashMap<String, u64> {
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .filter_map(|l| {
@@ -164,231 +420,146 @@ fn child_tally(out: &std::process::Output) -> std::collections::HashMap<String, 
         .collect()
 }
 
-/// Run batches of tasks under all actors until the time is up. Returns the
-/// number of schedules (tasks driven to the end under concurrent actors).
-async fn run_batches(eng: &Engine, seed: u64, until: Instant, tally: Arc<Tally>) -> usize {
-    let mut schedules = 0usize;
-    let mut batch_no = 0u64;
-    while Instant::now() < until {
-        batch_no += 1;
-        let ids = sim::create_tasks(
-            eng.db(),
-            &format!("SIM{batch_no}"),
-            env_u64("SIM_BATCH").unwrap_or(16) as usize,
-        )
-        .await;
-        let mut handles = Vec::new();
-        for (i, actor) in ACTORS.iter().enumerate() {
-            let (eng, tally, ids) = (eng.clone(), tally.clone(), ids.clone());
-            let mut rng = sim::actor_rng(seed ^ sim::mix(batch_no), i);
-            handles.push(tokio::spawn(async move {
-                let mut live = ids;
-                let mut steps = 0;
-                while !live.is_empty() && steps < 20_000 {
-                    steps += 1;
-                    let id = *live.choose(&mut rng).unwrap();
-                    sim::jitter(&mut rng).await;
-                    let r = sim::actor_step(&eng, actor, id, &mut rng, 2).await;
-                    if let Ok(orchestrator::stage_engine::Outcome::Terminal { .. }) = r {
-                        live.retain(|x| *x != id);
-                    }
-                    tally.record(&r);
-                }
-            }));
-        }
-        for h in handles {
-            h.await.unwrap();
-        }
-        schedules += ids.len();
-    }
-    schedules
+/// One simulation run.
+struct Run {
+    secs: u64,
+    batch: usize,
+    children: u64,
+    disable: Option<&'static str>,
+    /// Stop at the first violation seen between batches (defence runs).
+    stop_at_first: bool,
 }
 
-#[test]
-fn simulation_zero_duplicate_effects_zero_contradictions() {
-    let secs = sim_seconds();
-    let seed = seed();
-    eprintln!("simulation seed={seed} seconds={secs} (replay: SIM_SEED={seed} SIM_SECONDS={secs})");
+#[derive(Default)]
+struct RunResult {
+    schedules: usize,
+    check: sim::Check,
+    faults: u64,
+    kills: u64,
+    stops: u64,
+    child_ops: u64,
+    errors: u64,
+}
+
+fn run(r: &Run, seed: u64, schedule: Arc<Schedule>) -> (RunResult, Arc<Tally>) {
     let dir = sim::scratch_dir();
     let db_path = dir.path().join("sim.db");
     let counts = dir.path().join("effects.count");
-    let rt = runtime();
-    let (schedules, check, tally, notifier) = rt.block_on(async {
-        let db = Db::open(&db_path).await.unwrap();
-        let notifier = Arc::new(RecordingNotifier::default());
-        let eng = engine(&db, &counts, seed, notifier.clone());
-        // Two racing OS processes share the file with this one for the whole run.
-        let n_children = env_u64("SIM_CHILDREN").unwrap_or(2);
-        let children: Vec<_> = (0..n_children)
-            .map(|_| spawn_child("race", &db_path, &counts, seed, secs))
-            .collect();
-        let tally = Arc::new(Tally::default());
-        let until = Instant::now() + Duration::from_secs(secs);
-        let schedules = run_batches(&eng, seed, until, tally.clone()).await;
-        for c in children {
-            let out = tokio::task::spawn_blocking(move || c.wait_with_output().unwrap())
-                .await
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "a child actor process failed: {out:?}"
-            );
-            let t = child_tally(&out);
-            assert!(
-                t.get("ops").copied().unwrap_or(0) > 0,
-                "child did nothing: {t:?}"
-            );
-            tally
-                .errors
-                .fetch_add(t.get("errors").copied().unwrap_or(0), Ordering::Relaxed);
-            tally.sqlite_busy.fetch_add(
-                t.get("sqlite_busy").copied().unwrap_or(0),
-                Ordering::Relaxed,
-            );
-            tally
-                .ops
-                .fetch_add(t.get("ops").copied().unwrap_or(0), Ordering::Relaxed);
-        }
-        sim::drain(&eng).await.unwrap();
-        let check = sim::check(&db, &counts, true).await;
-        (schedules, check, tally, notifier)
-    });
-    for c in check.contradictions.iter().take(20) {
-        eprintln!("contradiction: {c}");
-    }
-    println!(
-        "simulation: schedules={schedules} duplicate_effects={} contradictions={}",
-        check.duplicate_effects,
-        check.contradictions.len()
-    );
-    eprintln!(
-        "ops={} moved={} lease_busy={} lost_race={} errors={} sqlite_busy={} alerts={} seed={seed}",
-        tally.ops.load(Ordering::Relaxed),
-        tally.moved.load(Ordering::Relaxed),
-        tally.busy.load(Ordering::Relaxed),
-        tally.lost.load(Ordering::Relaxed),
-        tally.errors.load(Ordering::Relaxed),
-        tally.sqlite_busy.load(Ordering::Relaxed),
-        notifier.alerts().len(),
-    );
-    assert_eq!(check.duplicate_effects, 0, "seed {seed}");
-    assert!(
-        check.contradictions.is_empty(),
-        "seed {seed}: {:?}",
-        &check.contradictions[..check.contradictions.len().min(5)]
-    );
-    assert_eq!(
-        tally.errors.load(Ordering::Relaxed),
-        0,
-        "engine errors, seed {seed}"
-    );
-    assert!(
-        schedules >= 100,
-        "too few schedules to mean anything: {schedules}"
-    );
-    assert!(
-        tally.busy.load(Ordering::Relaxed) > 0,
-        "actors never met a held lease: no real contention"
-    );
-}
-
-/// The same actors on the path the seeds describe before the engine: no
-/// lease, no journal, a blind `UPDATE ... WHERE id=?`. The checker must
-/// catch it, or it proves nothing.
-async fn naive_step(
-    db: &Db,
-    inputs: &SimInputs,
-    counts: &Path,
-    task_id: i64,
-    rng: &mut rand::rngs::StdRng,
-) -> bool {
-    let Some(t) = tasks::get(db.reader(), task_id).await.unwrap() else {
-        return true;
-    };
-    if t.stage.is_terminal() {
-        return true;
-    }
-    let target = if t.cancel_requested_at.is_some() {
-        Stage::Cancelled
+    let defences = r
+        .disable
+        .and_then(Defences::without)
+        .unwrap_or(Defences::ALL);
+    let faults = if r.disable.is_some() {
+        Faults::harsh(seed)
     } else {
-        let gate = t.stage.spec().gate.unwrap();
-        match gate.evaluate(&inputs.load(&t).await) {
-            GateVerdict::Pass => t.stage.next().unwrap(),
-            GateVerdict::Fail(_) => match t.stage.rollback() {
-                Some(r) => r,
-                None => return false,
-            },
-            GateVerdict::Pending(_) => return false,
-        }
+        Faults::on(seed)
     };
-    sim::jitter(rng).await;
-    let effect = sim::CountingEffect {
-        path: counts.to_path_buf(),
-    };
-    for kind in t.stage.effects_to(target) {
-        let ctx = EffectCtx {
-            task: t.clone(),
-            transition_key: transition_key(t.id, t.stage, target, t.stage_version),
-            kind: *kind,
-            from: t.stage,
-            to: target,
-        };
-        effect.apply(&ctx).await.unwrap();
-        sim::jitter(rng).await;
-    }
-    let mut tx = db.begin_write().await.unwrap();
-    sqlx::query("UPDATE tasks SET stage = ?, stage_version = stage_version + 1 WHERE id = ?")
-        .bind(target)
-        .bind(t.id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO stage_history (task_id, from_stage, to_stage, from_version, to_version, actor, at)
-         VALUES (?, ?, ?, ?, ?, 'naive', 0)",
-    )
-    .bind(t.id)
-    .bind(t.stage)
-    .bind(target)
-    .bind(t.stage_version)
-    .bind(t.stage_version + 1)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    target.is_terminal()
-}
-
-#[test]
-fn negative_control_blind_update_is_caught() {
-    let seed = seed();
-    let dir = sim::scratch_dir();
-    let counts = dir.path().join("effects.count");
     let rt = runtime();
-    let (schedules, check) = rt.block_on(async {
-        let db = Db::open(&dir.path().join("naive.db")).await.unwrap();
-        let inputs = SimInputs { seed };
-        let until = Instant::now() + Duration::from_secs(5);
-        let mut schedules = 0;
+    let tally = Arc::new(Tally::default());
+    let t2 = tally.clone();
+    let out = rt.block_on(async move {
+        let db = Db::open(&db_path).await.unwrap();
+        let w = Arc::new(world(&db, &counts, seed, faults, defences));
+        let until = Instant::now() + Duration::from_secs(r.secs);
+        let spec = |s: u64| ChildSpec {
+            mode: "race",
+            db: db_path.clone(),
+            counts: counts.clone(),
+            seed,
+            salt: s,
+            secs: r.secs + 5,
+            disable: r.disable,
+            faults: if r.disable.is_some() { 2 } else { 1 },
+        };
+        let children: Arc<Mutex<Vec<Option<Child>>>> = Arc::new(Mutex::new(
+            (0..r.children)
+                .map(|i| Some(spawn_child(&spec(i))))
+                .collect(),
+        ));
+        let outputs: Arc<Mutex<Vec<std::process::Output>>> = Arc::default();
+        // Chaos: every few hundred ms a child is SIGKILLed (2 in 3) or
+        // stopped gracefully (1 in 3), then restarted: a new boot that
+        // recovers first.
+        let (kills, stops) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let chaos = {
+            let (children, outputs, kills, stops) = (
+                children.clone(),
+                outputs.clone(),
+                kills.clone(),
+                stops.clone(),
+            );
+            let mut rng = StdRng::seed_from_u64(sim::mix(seed ^ 0xC4A05));
+            let specs: Vec<(u64, ChildSpec)> = (0..r.children).map(|i| (i, spec(i))).collect();
+            let mut restarts = 100u64;
+            async move {
+                if specs.is_empty() {
+                    return;
+                }
+                while Instant::now() + Duration::from_millis(1500) < until {
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
+                    let i = rng.gen_range(0..specs.len());
+                    let Some(mut c) = children.lock().unwrap()[i].take() else {
+                        continue;
+                    };
+                    let graceful = rng.gen_range(0..3) == 0;
+                    let sig = if graceful {
+                        nix::sys::signal::Signal::SIGTERM
+                    } else {
+                        nix::sys::signal::Signal::SIGKILL
+                    };
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+                    let o = tokio::task::spawn_blocking(move || {
+                        let _ = c.kill();
+                        c.wait_with_output().unwrap()
+                    })
+                    .await
+                    .unwrap();
+                    outputs.lock().unwrap().push(o);
+                    if graceful { &stops } else { &kills }.fetch_add(1, Ordering::Relaxed);
+                    restarts += 1;
+                    let mut s = specs[i].1.clone();
+                    s.salt ^= restarts;
+                    children.lock().unwrap()[i] = Some(spawn_child(&s));
+                }
+            }
+        };
+        let chaos = tokio::spawn(chaos);
+        let mut schedules = 0usize;
         let mut batch_no = 0u64;
+        let mut early = None;
         while Instant::now() < until {
             batch_no += 1;
-            let ids = sim::create_tasks(&db, &format!("NAIVE{batch_no}"), 8).await;
+            let ids = sim::create_tasks(w.engine.db(), &format!("SIM{batch_no}"), r.batch).await;
             let mut handles = Vec::new();
-            for i in 0..ACTORS.len() {
-                let (db, inputs, counts, ids) =
-                    (db.clone(), inputs.clone(), counts.clone(), ids.clone());
-                let mut rng =
-                    rand::rngs::StdRng::seed_from_u64(sim::mix(seed ^ batch_no ^ i as u64));
+            for (i, actor) in ACTORS.iter().enumerate() {
+                let (w, tally, ids) = (w.clone(), t2.clone(), ids.clone());
+                let mut rng = sim::actor_rng(seed ^ sim::mix(batch_no), i);
+                let mut replay = schedule
+                    .replay
+                    .as_ref()
+                    .and_then(|m| m.get(&(batch_no, i)).cloned())
+                    .map(|v| v.into_iter());
+                let schedule = schedule.clone();
                 handles.push(tokio::spawn(async move {
                     let mut live = ids;
                     let mut steps = 0;
-                    while !live.is_empty() && steps < 2_000 {
+                    while !live.is_empty() && steps < 20_000 {
                         steps += 1;
-                        let id = *live.choose(&mut rng).unwrap();
-                        if naive_step(&db, &inputs, &counts, id, &mut rng).await {
+                        let (pos, a) = match replay.as_mut() {
+                            Some(r) => match r.next() {
+                                Some((p, a)) => (p % live.len(), a),
+                                None => break,
+                            },
+                            None => choose(actor, &mut rng, faults, live.len()),
+                        };
+                        schedule.record(batch_no, i, pos, a);
+                        let id = live[pos];
+                        sim::jitter(&mut rng).await;
+                        let out = act(&w, actor, id, a).await;
+                        if let Ok(Outcome::Terminal { .. }) = out {
                             live.retain(|x| *x != id);
                         }
+                        tally.record(&out);
                     }
                 }));
             }
@@ -396,25 +567,198 @@ fn negative_control_blind_update_is_caught() {
                 h.await.unwrap();
             }
             schedules += ids.len();
-            let c = sim::check(&db, &counts, false).await;
-            if c.duplicate_effects > 0 && !c.contradictions.is_empty() {
-                break;
+            if r.stop_at_first {
+                let c = sim::check_with(&db, &counts, false, Some(seed)).await;
+                if c.violations() > 0 {
+                    early = Some(c);
+                    break;
+                }
             }
         }
-        (schedules, sim::check(&db, &counts, false).await)
+        chaos.abort();
+        let _ = chaos.await;
+        // Stop the children gracefully, then settle what is left alone.
+        let left: Vec<Child> = children
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for c in &left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let mut child_ops = 0;
+        let mut errors = 0;
+        for c in left {
+            let o = tokio::task::spawn_blocking(move || c.wait_with_output().unwrap())
+                .await
+                .unwrap();
+            let t = child_tally(&o);
+            child_ops += t.get("ops").copied().unwrap_or(0);
+            errors += t.get("errors").copied().unwrap_or(0);
+        }
+        for o in outputs.lock().unwrap().iter() {
+            child_ops += child_tally(o).get("ops").copied().unwrap_or(0);
+        }
+        let check = match early {
+            Some(c) => c,
+            None if r.disable.is_some() => sim::check_with(&db, &counts, false, Some(seed)).await,
+            None => {
+                // The restart after the run: recovery, then one actor
+                // carries every task to its end (no races).
+                let after = world(&db, &counts, seed, Faults::off(), defences);
+                let _ = after.engine.recover_on_startup().await;
+                if let Err(e) = sim::drain(&after.engine).await {
+                    eprintln!("drain: {e}");
+                }
+                sim::check_with(&db, &counts, true, Some(seed)).await
+            }
+        };
+        if check.violations() > 0 && r.disable.is_none() {
+            // Keep the evidence next to the schedule.
+            let keep = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("target/sim-failures/seed-{seed}"));
+            let _ = std::fs::create_dir_all(&keep);
+            db.close().await;
+            for f in ["sim.db", "sim.db-wal", "sim.db-shm", "effects.count"] {
+                let _ = std::fs::copy(dir.path().join(f), keep.join(f));
+            }
+            eprintln!("database and effect counts kept in {}", keep.display());
+        }
+        let faults_n = w.stalls.count.load(Ordering::Relaxed)
+            + w.force_releases.load(Ordering::Relaxed)
+            + sim::LOST_ANSWERS.load(Ordering::Relaxed)
+            + kills.load(Ordering::Relaxed)
+            + stops.load(Ordering::Relaxed);
+        RunResult {
+            schedules,
+            check,
+            faults: faults_n,
+            kills: kills.load(Ordering::Relaxed),
+            stops: stops.load(Ordering::Relaxed),
+            child_ops,
+            errors,
+        }
     });
+    (out, tally)
+}
+
+#[test]
+fn simulation_zero_duplicate_effects_zero_contradictions() {
+    let secs = sim_seconds();
+    let seed = seed();
+    let schedule = Arc::new(match std::env::var("SIM_REPLAY") {
+        Ok(p) => Schedule::load(Path::new(&p)),
+        Err(_) => Schedule::default(),
+    });
+    eprintln!("simulation seed={seed} seconds={secs} (replay: SIM_SEED={seed} SIM_SECONDS={secs})");
+    let cfg = Run {
+        secs,
+        batch: env_u64("SIM_BATCH").unwrap_or(48) as usize,
+        children: env_u64("SIM_CHILDREN").unwrap_or(1),
+        disable: None,
+        stop_at_first: false,
+    };
+    let (o, tally) = run(&cfg, seed, schedule.clone());
+    for c in o.check.contradictions.iter().take(20) {
+        eprintln!("contradiction: {c}");
+    }
     println!(
-        "negative control: schedules={schedules} duplicate_effects={} contradictions={}",
-        check.duplicate_effects,
-        check.contradictions.len()
+        "simulation: schedules={} duplicate_effects={} contradictions={} stuck={} faults={}",
+        o.schedules,
+        o.check.duplicate_effects,
+        o.check.contradictions.len(),
+        o.check.stuck,
+        o.faults
+    );
+    eprintln!(
+        "ops={} moved={} lease_busy={} lost_race={} errors={} child_ops={} child_kills={} child_stops={} seed={seed}",
+        tally.ops.load(Ordering::Relaxed),
+        tally.moved.load(Ordering::Relaxed),
+        tally.busy.load(Ordering::Relaxed),
+        tally.lost.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed) + o.errors,
+        o.child_ops,
+        o.kills,
+        o.stops,
+    );
+    let failed = o.check.violations() > 0 || o.check.stuck > 0;
+    if !failed && std::env::var("SIM_WRITE_SCHEDULE").is_ok() {
+        eprintln!(
+            "schedule written to {}",
+            schedule.write(seed, "simulation").display()
+        );
+    }
+    if failed {
+        let path = schedule.write(seed, "simulation");
+        eprintln!(
+            "simulation failed; seed and schedule written to {}",
+            path.display()
+        );
+    }
+    assert_eq!(o.check.duplicate_effects, 0, "seed {seed}");
+    assert!(
+        o.check.contradictions.is_empty(),
+        "seed {seed}: {:?}",
+        &o.check.contradictions[..o.check.contradictions.len().min(5)]
+    );
+    assert_eq!(o.check.stuck, 0, "seed {seed}");
+    assert_eq!(
+        tally.errors.load(Ordering::Relaxed) + o.errors,
+        0,
+        "engine errors, seed {seed}"
     );
     assert!(
-        check.duplicate_effects > 0,
-        "the blind-update path produced no duplicate effects: the simulation could not fail (seed {seed})"
+        o.schedules >= 100,
+        "too few schedules to mean anything: {}",
+        o.schedules
     );
+    assert!(o.faults > 0, "no fault was injected");
+    if cfg.children > 0 && secs >= 10 {
+        assert!(o.child_ops > 0, "the child processes did nothing");
+        assert!(o.kills + o.stops > 0, "no child was killed or stopped");
+    }
     assert!(
-        !check.contradictions.is_empty(),
-        "no contradictions caught (seed {seed})"
+        tally.busy.load(Ordering::Relaxed) > 0,
+        "actors never met a held lease: no real contention"
+    );
+}
+
+/// Each defence of the engine, switched off alone, must let the same
+/// simulation see a violation within its budget, or the simulation could
+/// not tell that defence is needed.
+#[test]
+fn each_defence_carries_weight() {
+    let seed = seed();
+    let budget = env_u64("SIM_DEFENCE_SECONDS").unwrap_or(if in_ci() { 10 } else { 5 });
+    let mut zero = Vec::new();
+    for name in Defences::NAMES {
+        let cfg = Run {
+            secs: budget,
+            batch: 24,
+            children: 1,
+            disable: Some(name),
+            stop_at_first: true,
+        };
+        let (o, _) = run(&cfg, sim::mix(seed ^ name.len() as u64), Arc::default());
+        let n = o.check.violations();
+        println!(
+            "defence {name}: disabled -> violations={n} in {} schedules",
+            o.schedules
+        );
+        if let Some(c) = o.check.contradictions.first() {
+            eprintln!("  e.g. {c}");
+        }
+        if n == 0 {
+            zero.push(name);
+        }
+    }
+    assert!(
+        zero.is_empty(),
+        "switching these defences off changed nothing the simulation could see (seed {seed}): {zero:?}"
     );
 }
 
@@ -432,9 +776,17 @@ fn sqlite_contention_five_processes_hundred_tasks_no_busy() {
         sim::create_tasks(&db, "LOAD", 100).await;
         db.close().await;
     });
-    let children: Vec<_> = (0..5)
-        .map(|_| spawn_child("drive", &db_path, &counts, seed, 120))
-        .collect();
+    let spec = ChildSpec {
+        mode: "drive",
+        db: db_path.clone(),
+        counts: counts.clone(),
+        seed,
+        salt: 0,
+        secs: 120,
+        disable: None,
+        faults: 0,
+    };
+    let children: Vec<_> = (0..5).map(|_| spawn_child(&spec)).collect();
     let mut total_ops = 0;
     for c in children {
         let out = c.wait_with_output().unwrap();

@@ -50,13 +50,14 @@ pub struct Planned<'a> {
     pub holder: &'a str,
 }
 
+/// The new row's id.
 pub async fn insert_planned<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     p: &Planned<'_>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
         "INSERT INTO effects (task_id, transition_key, from_stage, to_stage, stage_version, kind, state, holder, planned_at)
-         VALUES (?, ?, ?, ?, ?, ?, 'planned', ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, 'planned', ?, ?) RETURNING id",
     )
     .bind(p.task_id)
     .bind(p.key)
@@ -66,9 +67,8 @@ pub async fn insert_planned<'e>(
     .bind(p.kind)
     .bind(p.holder)
     .bind(now_ms())
-    .execute(ex)
-    .await?;
-    Ok(())
+    .fetch_one(ex)
+    .await
 }
 
 /// A row found open (planned after a crash, failed, unknown) is planned

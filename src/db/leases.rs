@@ -92,6 +92,26 @@ pub async fn bump_generation<'e>(
     Ok(g.unwrap_or(0))
 }
 
+/// Whether `holder` still holds the task's lease under `fence`'s
+/// generation (or the fence is not enforced): one read.
+pub async fn held_by<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    fence: Fence,
+    holder: &str,
+) -> Result<bool, sqlx::Error> {
+    let ok: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM transition_lease l JOIN tasks t ON t.id = l.task_id
+         WHERE l.task_id = ? AND l.holder = ? AND (NOT ? OR t.lease_generation = ?)",
+    )
+    .bind(fence.task_id)
+    .bind(holder)
+    .bind(fence.enforce)
+    .bind(fence.generation)
+    .fetch_optional(ex)
+    .await?;
+    Ok(ok.is_some())
+}
+
 /// Whether `fence` still holds (the generation did not move).
 pub async fn fence_holds<'e>(
     ex: impl Executor<'e, Database = Sqlite>,

@@ -13,6 +13,9 @@ use crate::stage_engine::ForceRelease;
 #[derive(Debug, Deserialize)]
 pub struct ReleaseQuery {
     work_item: Option<String>,
+    /// Release only this holder (the `holder` of the `/queue` lease entry):
+    /// a lease that changed hands since the operator looked is left alone.
+    holder: Option<String>,
 }
 
 /// Constant-time comparison of the bearer token. No configured token means
@@ -44,7 +47,12 @@ pub async fn release_lease(
         .work_item
         .filter(|w| !w.trim().is_empty())
         .ok_or_else(|| ApiError::BadRequest("query parameter work_item is required".into()))?;
-    match state.engine.force_release(&wi, "operator (HTTP)").await? {
+    let holder = q.holder.as_deref().filter(|h| !h.trim().is_empty());
+    match state
+        .engine
+        .force_release_holder(&wi, holder, "operator (HTTP)")
+        .await?
+    {
         ForceRelease::UnknownWorkItem => {
             Err(ApiError::NotFound(format!("no task for work item {wi}")))
         }

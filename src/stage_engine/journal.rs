@@ -157,32 +157,31 @@ pub(crate) async fn run(a: RunArgs<'_>) -> Result<Ran, EngineError> {
     // Plan (or find the plan) in one IMMEDIATE transaction, fenced by the
     // lease: a holder that lost its lease (force-release, reclaim) stops here.
     let mut tx = a.db.begin_write().await?;
-    match leases::get(&mut *tx, task_id).await? {
-        Some(l) if l.holder == a.holder => {}
-        _ => return Err(lost()),
-    }
-    if !leases::fence_holds(&mut *tx, a.fence).await? {
+    if !leases::held_by(&mut *tx, a.fence, a.holder).await? {
         return Err(lost());
     }
+    let mut new_id = None;
     let found = match effects::get(&mut *tx, key, kind).await? {
         Some(row) if row.state == "done" => {
             return Ok(Ran::Skipped(row.result.unwrap_or_default()));
         }
         Some(row) => Some(row),
         None => {
-            effects::insert_planned(
-                &mut *tx,
-                &Planned {
-                    task_id,
-                    key,
-                    from: a.ctx.from,
-                    to: a.ctx.to,
-                    version: a.version,
-                    kind,
-                    holder: a.holder,
-                },
-            )
-            .await?;
+            new_id = Some(
+                effects::insert_planned(
+                    &mut *tx,
+                    &Planned {
+                        task_id,
+                        key,
+                        from: a.ctx.from,
+                        to: a.ctx.to,
+                        version: a.version,
+                        kind,
+                        holder: a.holder,
+                    },
+                )
+                .await?,
+            );
             None
         }
     };
@@ -190,14 +189,10 @@ pub(crate) async fn run(a: RunArgs<'_>) -> Result<Ran, EngineError> {
         Some(row) if row.state == "unknown" => effects::retry_granted(&mut *tx, row.id).await?,
         _ => false,
     };
-    let row_id = match &found {
-        Some(row) => row.id,
-        None => {
-            effects::get(&mut *tx, key, kind)
-                .await?
-                .ok_or_else(|| EngineError::Internal("planned row vanished".into()))?
-                .id
-        }
+    let row_id = match (&found, new_id) {
+        (Some(row), _) => row.id,
+        (None, Some(id)) => id,
+        (None, None) => return Err(EngineError::Internal("planned row vanished".into())),
     };
     tx.commit().await?;
 

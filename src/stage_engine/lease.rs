@@ -224,8 +224,18 @@ pub(crate) async fn acquire(
         acquired_at: now_ms(),
     };
     leases::put(&mut *tx, &row).await?;
-    // Every acquire fences off every earlier holder (invariant 10).
-    let generation = leases::bump_generation(&mut *tx, task_id).await?;
+    // Every acquire fences off every earlier holder (invariant 10). With the
+    // `lease` defence off (simulation only) there is no exclusion at
+    // acquire at all: holders share the generation.
+    let generation = if ignore_live {
+        sqlx::query_scalar("SELECT lease_generation FROM tasks WHERE id = ?")
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(0)
+    } else {
+        leases::bump_generation(&mut *tx, task_id).await?
+    };
     tx.commit().await?;
     let mut guard = guard;
     guard.generation = generation;

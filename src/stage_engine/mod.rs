@@ -188,6 +188,10 @@ impl Defences {
 /// Observer of step boundaries. The daemon uses the no-op default.
 pub trait Hooks: Send + Sync {
     fn at(&self, _step: Step, _task_id: i64) {}
+    /// A boundary reached while holding the lease as `holder` (the token).
+    fn at_held(&self, step: Step, task_id: i64, _holder: &str) {
+        self.at(step, task_id);
+    }
 }
 
 pub struct NoHooks;
@@ -413,7 +417,9 @@ impl Engine {
                 guard
             }
         };
-        self.hook(Step::AfterLease, task_id);
+        self.0
+            .hooks
+            .at_held(Step::AfterLease, task_id, &guard.token);
         let fence = Fence {
             enforce: self.defences().fencing,
             ..guard.fence()
@@ -421,7 +427,9 @@ impl Engine {
         let result = self
             .in_lease(&guard.token, fence, snap, target, actor, reason)
             .await;
-        self.hook(Step::BeforeRelease, task_id);
+        self.0
+            .hooks
+            .at_held(Step::BeforeRelease, task_id, &guard.token);
         match result {
             // The CAS transaction deleted the lease row with the stage write.
             Ok((out, true)) => {
@@ -627,7 +635,7 @@ impl Engine {
                 journal::JournalPoint::AfterApply => Step::AfterApply,
                 journal::JournalPoint::AfterDone => Step::AfterDone,
             };
-            hooks.at(step, task_id);
+            hooks.at_held(step, task_id, holder);
         };
         let d = self.defences();
         let args = journal::RunArgs {

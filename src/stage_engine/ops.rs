@@ -27,12 +27,28 @@ impl Engine {
         work_item: &str,
         by: &str,
     ) -> Result<ForceRelease, EngineError> {
+        self.force_release_holder(work_item, None, by).await
+    }
+
+    /// [`Engine::force_release`] of the holder the operator looked at
+    /// (`expected`, the `holder` of the `/queue` lease entry): a lease that
+    /// changed hands meanwhile (its stuck holder finished, a new one is at
+    /// work, maybe mid-merge) is left alone.
+    pub async fn force_release_holder(
+        &self,
+        work_item: &str,
+        expected: Option<&str>,
+        by: &str,
+    ) -> Result<ForceRelease, EngineError> {
         let Some(task) = tasks::latest_by_work_item(self.0.db.reader(), work_item).await? else {
             return Ok(ForceRelease::UnknownWorkItem);
         };
         let Some(row) = leases::get(self.0.db.reader(), task.id).await? else {
             return Ok(ForceRelease::NotHeld);
         };
+        if expected.is_some_and(|h| h != row.holder) {
+            return Ok(ForceRelease::NotHeld);
+        }
         // Deleted and fenced in one transaction: the holder, if it still
         // runs, can record nothing more (invariant 10).
         if !leases::revoke(&self.0.db, task.id, &row.holder).await? {
@@ -160,6 +176,7 @@ impl Engine {
                 "age_s": (now - r.acquired_at).max(0) / 1000,
                 "live": self.0.boot.is_live(&r),
                 "owner_pid": r.owner_pid,
+                "holder": r.holder,
             }));
         }
         Ok(json!({ "held": out.len(), "leases": out, "boot_id": self.0.boot.boot_id }))

@@ -22,30 +22,94 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Counts every application in an append-only file: `key|kind|pid`.
+/// `faults` makes it an effect of the outside world: it awaits before the
+/// outside records it (a merge request on the wire, a deploy running), so
+/// the planned → applied → done window is real, and sometimes the outside
+/// records it but the answer is lost (`Unknown`).
 pub struct CountingEffect {
     pub path: PathBuf,
+    pub faults: Option<EffectFaults>,
 }
+
+#[derive(Clone, Copy, Debug)]
+pub struct EffectFaults {
+    pub seed: u64,
+    /// Percent of applications whose answer is lost after the effect landed.
+    pub lose_answer_pct: u64,
+    /// Upper bound of the await before the effect lands, in microseconds.
+    pub max_latency_us: u64,
+}
+
+/// Faults the effects injected (answers lost), across a process.
+pub static LOST_ANSWERS: AtomicU64 = AtomicU64::new(0);
 
 impl CountingEffect {
     fn line(ctx: &EffectCtx) -> String {
         format!("{}|{}", ctx.transition_key, ctx.kind.as_str())
     }
-}
 
-#[async_trait]
-impl Effect for CountingEffect {
-    async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
-        // "Is the merge SHA in main?" for this world: is our line there?
-        let want = Self::line(ctx);
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        Ok(text
-            .lines()
-            .any(|l| l.rsplit_once('|').map(|(k, _)| k) == Some(want.as_str()))
-            .then(|| "reconciled".to_string()))
+    /// Effects the outside refuses to repeat (the forge will not merge a
+    /// merged PR, a deleted branch stays deleted, the baseline row is keyed):
+    /// the daemon relies on that. A deploy or an image push has no such
+    /// guard: the daemon marks its start before the call instead.
+    fn idempotent(ctx: &EffectCtx) -> bool {
+        !matches!(ctx.kind, EffectKind::ProdDeploy | EffectKind::ImageRebuild)
     }
 
-    async fn apply(&self, ctx: &EffectCtx) -> Result<EffectResult, EffectError> {
-        let line = format!("{}|{}\n", Self::line(ctx), std::process::id());
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Per key: `<counts>.keys/<key>.done` after the done line (a cache of
+    /// the count file, which stays the truth), `.start` with the writer's pid.
+    fn marker(&self, want: &str, suffix: &str) -> PathBuf {
+        let safe: String = want
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        self.path
+            .with_extension("keys")
+            .join(format!("{safe}{suffix}"))
+    }
+
+    fn done(&self, want: &str) -> bool {
+        if self.marker(want, ".done").exists() {
+            return true;
+        }
+        // Never attempted: nothing to look for. Only an attempt cut between
+        // its line and its marker needs the scan.
+        if !self.marker(want, ".start").exists() {
+            return false;
+        }
+        self.lines()
+            .iter()
+            .any(|l| !l.starts_with("start|") && l.rsplit_once('|').map(|(k, _)| k) == Some(want))
+    }
+
+    fn mark(&self, want: &str, suffix: &str, text: &str) {
+        let p = self.marker(want, suffix);
+        let _ = std::fs::create_dir_all(p.parent().unwrap());
+        let _ = std::fs::write(p, text);
+    }
+
+    /// A run still in flight: its start is marked, no done marker yet, and
+    /// its writer lives.
+    fn in_flight(&self, want: &str) -> bool {
+        if self.marker(want, ".done").exists() {
+            return false;
+        }
+        let pid: i64 = std::fs::read_to_string(self.marker(want, ".start"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        pid > 0 && orchestrator::procfs::stat(pid).is_some_and(|s| !s.is_zombie())
+    }
+
+    fn append(&self, line: &str) -> Result<(), EffectError> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -53,20 +117,144 @@ impl Effect for CountingEffect {
             .map_err(|e| EffectError::Failed(e.to_string()))?;
         // One write(2) of a short line under O_APPEND: atomic across processes.
         f.write_all(line.as_bytes())
-            .map_err(|e| EffectError::Failed(e.to_string()))?;
+            .map_err(|e| EffectError::Failed(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Effect for CountingEffect {
+    /// "Is the merge SHA in main?" for this world: is the done line there?
+    /// A deploy whose start is marked and whose writer still runs is waited
+    /// for (adoption), as the daemon's `prod_deploy` does.
+    async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
+        let want = Self::line(ctx);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !Self::idempotent(ctx)
+            && self.in_flight(&want)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(self.done(&want).then(|| "reconciled".to_string()))
+    }
+
+    async fn apply(&self, ctx: &EffectCtx) -> Result<EffectResult, EffectError> {
+        let want = Self::line(ctx);
+        let pid = std::process::id();
+        if !Self::idempotent(ctx) {
+            // Marked before the call, like `.started` before a deploy's spawn.
+            self.mark(&want, ".start", &pid.to_string());
+        }
+        let draw = NEXT_DRAW.fetch_add(1, Ordering::Relaxed);
+        let lose = match self.faults {
+            Some(f) => {
+                let h = mix(f.seed ^ mix(draw) ^ pid as u64);
+                if f.max_latency_us > 0 {
+                    let us = h % f.max_latency_us;
+                    tokio::time::sleep(std::time::Duration::from_micros(us)).await;
+                }
+                (h >> 20) % 100 < f.lose_answer_pct
+            }
+            None => false,
+        };
+        if Self::idempotent(ctx) {
+            // The outside refuses a repeat: checked and recorded under one
+            // lock across processes.
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path.with_extension("lock"))
+                .map_err(|e| EffectError::Failed(e.to_string()))?;
+            let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| EffectError::Failed(e.to_string()))?;
+            if !self.done(&want) {
+                self.mark(&want, ".start", &pid.to_string());
+                self.append(&format!("{want}|{pid}\n"))?;
+                self.mark(&want, ".done", "");
+            }
+        } else {
+            self.append(&format!("{want}|{pid}\n"))?;
+            self.mark(&want, ".done", "");
+        }
+        if lose {
+            LOST_ANSWERS.fetch_add(1, Ordering::Relaxed);
+            return Err(EffectError::Unknown("the answer was lost".into()));
+        }
         Ok("applied".into())
     }
 }
 
+static NEXT_DRAW: AtomicU64 = AtomicU64::new(0);
+
 pub fn counting_registry(path: &Path) -> EffectRegistry {
+    faulty_registry(path, None)
+}
+
+pub fn faulty_registry(path: &Path, faults: Option<EffectFaults>) -> EffectRegistry {
     EffectKind::ALL.iter().fold(EffectRegistry::new(), |r, k| {
         r.with(
             *k,
             Arc::new(CountingEffect {
                 path: path.to_path_buf(),
+                faults,
             }),
         )
     })
+}
+
+/// Holders that stall at a step boundary for a few milliseconds (a GC
+/// pause, a slow disk, a preempted process), registered while they do: the
+/// sim's operator force-releases the leases of stalled holders only, as a
+/// person releases a lease that looks stuck. A stalled holder then wakes up
+/// after its lease was taken.
+pub struct StallHook {
+    pub seed: u64,
+    pub pct: u64,
+    /// (task, holder token) of the holders stalled right now.
+    pub stalled: Arc<std::sync::Mutex<std::collections::HashSet<(i64, String)>>>,
+    pub count: AtomicU64,
+    draws: AtomicU64,
+}
+
+impl StallHook {
+    pub fn new(seed: u64, pct: u64) -> Arc<StallHook> {
+        Arc::new(StallHook {
+            seed,
+            pct,
+            stalled: Default::default(),
+            count: AtomicU64::new(0),
+            draws: AtomicU64::new(0),
+        })
+    }
+
+    /// (task, holder) of the holders stalled right now.
+    pub fn stalled_now(&self) -> Vec<(i64, String)> {
+        self.stalled.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+impl orchestrator::stage_engine::Hooks for StallHook {
+    fn at_held(&self, step: orchestrator::stage_engine::Step, task_id: i64, holder: &str) {
+        use orchestrator::stage_engine::Step;
+        if self.pct == 0
+            || !matches!(
+                step,
+                Step::AfterLease | Step::AfterPlanned | Step::AfterApply | Step::AfterDone
+            )
+        {
+            return;
+        }
+        let h = mix(self.seed ^ mix(self.draws.fetch_add(1, Ordering::Relaxed)));
+        if h % 100 >= self.pct {
+            return;
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let key = (task_id, holder.to_string());
+        self.stalled.lock().unwrap().insert(key.clone());
+        let ms = 2 + (h >> 16) % 5;
+        tokio::task::block_in_place(|| std::thread::sleep(std::time::Duration::from_millis(ms)));
+        self.stalled.lock().unwrap().remove(&key);
+    }
 }
 
 /// Gate verdicts fixed per (seed, task, stage, version): every actor judging
@@ -183,7 +371,9 @@ impl Tally {
             Ok(Outcome::LeaseBusy { .. } | Outcome::CancelDeferred) => {
                 self.busy.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Outcome::LostRace) => {
+            Ok(Outcome::LostRace) | Err(EngineError::LeaseLost { .. }) => {
+                // A fenced holder (its lease taken while it stalled) stops:
+                // that is the defence working, not an error.
                 self.lost.fetch_add(1, Ordering::Relaxed);
             }
             Ok(_) => {}
@@ -279,11 +469,34 @@ pub struct Check {
     pub tasks: usize,
     pub duplicate_effects: usize,
     pub contradictions: Vec<String>,
+    /// Tasks left short of done/cancelled after the run settled.
+    pub stuck: usize,
+}
+
+impl Check {
+    /// Duplicates and contradictions: what a defence exists to prevent.
+    pub fn violations(&self) -> usize {
+        self.duplicate_effects + self.contradictions.len()
+    }
 }
 
 /// Check every invariant of the guarantee over the database and the count
 /// file. `require_terminal`: every task must have reached done/cancelled.
 pub async fn check(db: &Db, counts: &Path, require_terminal: bool) -> Check {
+    check_with(db, counts, require_terminal, None).await
+}
+
+/// [`check`], plus, with `verdicts_of`, the gate oracle: every forward move
+/// out of a gated stage happened at a version whose simulated gate passes,
+/// every gate rollback at one whose gate fails (a decision on a stale
+/// snapshot breaks it). Mid-run (`require_terminal` false) an effect whose
+/// transition is still in flight is not counted against it.
+pub async fn check_with(
+    db: &Db,
+    counts: &Path,
+    require_terminal: bool,
+    verdicts_of: Option<u64>,
+) -> Check {
     let mut out = Check::default();
     let all_tasks: Vec<TaskRow> = sqlx::query_as("SELECT * FROM tasks ORDER BY id")
         .fetch_all(db.reader())
@@ -299,7 +512,12 @@ pub async fn check(db: &Db, counts: &Path, require_terminal: bool) -> Check {
     // Effects counted outside the journal.
     let text = std::fs::read_to_string(counts).unwrap_or_default();
     let mut counted: HashMap<(String, String), usize> = HashMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
+    // `start|...` lines mark a deploy-like effect's start; only the done
+    // line is the effect.
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("start|"))
+    {
         let mut parts = line.split('|');
         let (Some(key), Some(kind)) = (parts.next(), parts.next()) else {
             out.contradictions.push(format!("torn count line {line:?}"));
@@ -340,6 +558,26 @@ pub async fn check(db: &Db, counts: &Path, require_terminal: bool) -> Check {
                     t.id, h.from_stage, h.to_stage
                 ));
             }
+            if let Some(seed) = verdicts_of
+                && h.from_stage.rollback().is_some()
+                && h.to_stage != Stage::Cancelled
+                && h.actor != "merge-gate"
+            {
+                let mut at = t.clone();
+                (at.stage, at.stage_version) = (h.from_stage, h.from_version);
+                let passes = sim_passes(seed, &at);
+                let forward = Some(h.to_stage) == h.from_stage.next();
+                if forward != passes {
+                    out.contradictions.push(format!(
+                        "task {}: {} -> {} at v{} but its gate {} there",
+                        t.id,
+                        h.from_stage,
+                        h.to_stage,
+                        h.from_version,
+                        if passes { "passes" } else { "fails" }
+                    ));
+                }
+            }
             for kind in h.from_stage.effects_to(h.to_stage) {
                 let key = transition_key(t.id, h.from_stage, h.to_stage, h.from_version);
                 let k = (key.clone(), kind.as_str().to_string());
@@ -366,6 +604,7 @@ pub async fn check(db: &Db, counts: &Path, require_terminal: bool) -> Check {
             ));
         }
         if require_terminal && !t.stage.is_terminal() {
+            out.stuck += 1;
             out.contradictions
                 .push(format!("task {}: left at {} (not terminal)", t.id, t.stage));
         }
@@ -393,7 +632,7 @@ pub async fn check(db: &Db, counts: &Path, require_terminal: bool) -> Check {
                 })
             })
         });
-        if !cancelled_there {
+        if !cancelled_there && require_terminal {
             out.contradictions.push(format!(
                 "effect {kind} of {key} applied but its transition never happened"
             ));
