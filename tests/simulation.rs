@@ -18,7 +18,7 @@
 //! `SIM_SECONDS` (default 60 under CI=true, else 10), `SIM_SEED`,
 //! `SIM_BATCH` (tasks per batch, 48), `SIM_CHILDREN` (racing child processes, 1) steer it. A failing
 //! run writes its seed and schedule under `target/sim-failures/` and prints
-//! the path; `SIM_REPLAY=<file>` re-runs that schedule (see ADR 0008 for how
+//! the path; `SIM_REPLAY=<file>` re-runs that schedule (see ADR 0010 for how
 //! close a replay comes).
 
 mod support;

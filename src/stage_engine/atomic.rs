@@ -5,7 +5,7 @@
 //! same statement (the `tasks_stage_history` trigger). When it does not
 //! apply, a read tells a lost race from a case for the full path of
 //! [`Engine::transition`] (a lease row to judge, a cancel or a journaled
-//! intent to honour). See `docs/adr/0008-simulation.md`.
+//! intent to honour). See `docs/adr/0010-simulation-and-one-statement-moves.md`.
 
 use super::{Engine, EngineError, Outcome, Step, cas};
 use crate::db::tasks::{self, TaskRow};
