@@ -163,6 +163,11 @@ impl Workspace {
             )
             .await?;
         } else {
+            // A daemon killed in the middle of the merge gate's rebase leaves
+            // the worktree detached in that rebase: finish it off first (a
+            // no-op when nothing is in progress).
+            let _ = git(&wt, &["rebase", "--abort"]).await;
+            let _ = git(&wt, &["merge", "--abort"]).await;
             git(&wt, &["checkout", "--quiet", &branch]).await?;
             if remote {
                 // Take what was pushed meanwhile (a rebase by the merge gate is

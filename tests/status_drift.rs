@@ -95,11 +95,33 @@ async fn a_drifted_status_is_set_again_and_sub_states_and_inputs_are_left_alone(
     behind_the_back(&plane, &parked, "In Progress");
     let (_, staging) = task_at(&h, &plane, 3, Stage::DeployStaging).await;
     behind_the_back(&plane, &staging, "Monitoring after Deploy");
-    // Consistent: a sub-state of the stage, Deploying after Confirm Deploy.
+    // Consistent: a sub-state of the stage, Deploying while the finalizer
+    // of a Confirm Deploy is queued or running.
     let (_, review) = task_at(&h, &plane, 4, Stage::Analysis).await;
     behind_the_back(&plane, &review, "In Review");
-    let (_, deploying) = task_at(&h, &plane, 5, Stage::Deploy).await;
+    let (deploying_id, deploying) = task_at(&h, &plane, 5, Stage::Deploy).await;
     behind_the_back(&plane, &deploying, "Deploying");
+    orchestrator::db::jobs::enqueue(
+        &h.db,
+        deploying_id,
+        Stage::Deploy,
+        "deploy-finalizer",
+        1,
+        "",
+    )
+    .await
+    .unwrap();
+    // Deploying with no deploy under way (held after a failed deploy, even):
+    // not true, Awaiting Deploy again, so the person knows it is theirs.
+    let (stale_id, stale) = task_at(&h, &plane, 9, Stage::Deploy).await;
+    behind_the_back(&plane, &stale, "Deploying");
+    tasks::set_hold(
+        h.db.writer(),
+        stale_id,
+        Some("prod_deploy: outcome unknown"),
+    )
+    .await
+    .unwrap();
     // A person's input, and a state none of ours: theirs, never overwritten.
     let (_, rejected) = task_at(&h, &plane, 6, Stage::Development).await;
     behind_the_back(&plane, &rejected, "Rejected");
@@ -120,15 +142,16 @@ async fn a_drifted_status_is_set_again_and_sub_states_and_inputs_are_left_alone(
     assert_eq!(plane.state_of(&rejected), "Rejected");
     assert_eq!(plane.state_of(&backlog), "Backlog");
     assert_eq!(plane.state_of(&held), "Awaiting Deploy");
-    assert_eq!(stats.poll.resynced.load(Ordering::Relaxed), 3);
-    assert_eq!(patches(&plane), 3, "one write per drifted task");
+    assert_eq!(plane.state_of(&stale), "Awaiting Deploy");
+    assert_eq!(stats.poll.resynced.load(Ordering::Relaxed), 4);
+    assert_eq!(patches(&plane), 4, "one write per drifted task");
     let block = stats.snapshot().await;
-    assert_eq!(block["status_resynced"], 3, "{block}");
+    assert_eq!(block["status_resynced"], 4, "{block}");
 
     // Converged: a second pass writes nothing.
     reconciler::tick(&h.rt, &stats).await.unwrap();
-    assert_eq!(patches(&plane), 3, "{:?}", plane.requests());
-    assert_eq!(stats.poll.resynced.load(Ordering::Relaxed), 3);
+    assert_eq!(patches(&plane), 4, "{:?}", plane.requests());
+    assert_eq!(stats.poll.resynced.load(Ordering::Relaxed), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,8 @@ pub async fn tick(rt: &Runtime, stats: &PollStats) -> anyhow::Result<()> {
         if !actionable(&task, &status) {
             if status_drifted(task.stage, &status) {
                 resync(rt, stats, &task, &status).await?;
+            } else if task.stage == Stage::Deploy && status == "deploying" {
+                not_deploying(rt, stats, &task).await?;
             }
             continue;
         }
@@ -106,6 +108,37 @@ pub async fn tick(rt: &Runtime, stats: &PollStats) -> anyhow::Result<()> {
                 tracing::info!(work_item = %task.work_item, "missed status handled: {m}");
             }
             other => tracing::info!(work_item = %task.work_item, "missed status: {other}"),
+        }
+    }
+    Ok(())
+}
+
+/// Deploying is true only while the finalizer works on the task. A task
+/// held at deploy (its merge or deploy failed, or its outcome is unknown)
+/// or whose finalizer never ran (a crash right after the status write)
+/// shows Awaiting Deploy again, so the person sees the decision is theirs.
+/// Held tasks included: the hold is exactly when this matters.
+async fn not_deploying(rt: &Runtime, stats: &PollStats, task: &TaskRow) -> anyhow::Result<()> {
+    let job = crate::db::jobs::active_for_task(rt.db.reader(), task.id).await?;
+    let live_lease = match leases::get(rt.db.reader(), task.id).await? {
+        Some(l) => rt.pipeline.engine.boot().is_live(&l),
+        None => false,
+    };
+    if job.is_some() || live_lease {
+        return Ok(());
+    }
+    match rt
+        .pipeline
+        .set_status(task, "awaiting_deploy", RESYNC)
+        .await
+    {
+        Ok(()) => {
+            stats.resynced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(work_item = %task.work_item, hold = ?task.hold_reason, "tracker showed Deploying with no deploy under way: Awaiting Deploy again");
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(work_item = %task.work_item, error = %e, "Awaiting Deploy not set; retried next pass");
         }
     }
     Ok(())

@@ -16,7 +16,11 @@ test -s "$ORCH_PROMPT_FILE"
 case "$ORCH_ROLE" in
   analyst)   printf '# BRD %s\n\nstatus: READY\n' "$ORCH_WORK_ITEM" > "$dir/01-brd.md" ;;
   architect) mkdir -p "$dir/06-adr"; printf '# ADR\n\nstatus: READY\n' > "$dir/06-adr/ADR-001-plan.md" ;;
-  developer) mkdir -p src; printf 'feature for %s, attempt %s\n' "$ORCH_WORK_ITEM" "$ORCH_ATTEMPT" > src/feature.txt ;;
+  developer) mkdir -p src
+             # AGENT_OWN_FILE=1: each work item changes a file of its own, so
+             # parallel tasks do not conflict at the merge gate.
+             f=src/feature.txt; [ -n "${AGENT_OWN_FILE:-}" ] && f="src/feature-$ORCH_WORK_ITEM.txt"
+             printf 'feature for %s, attempt %s\n' "$ORCH_WORK_ITEM" "$ORCH_ATTEMPT" > "$f" ;;
   reviewer)  if [ $fail = 1 ]; then v=REQUEST_CHANGES; else v=APPROVE; fi
              printf '# Review\n\nverdict: %s\n' "$v" > "$dir/11-review.md" ;;
   tester)    if [ $fail = 1 ]; then r=FAIL; else r=PASS; fi

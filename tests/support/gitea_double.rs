@@ -33,6 +33,8 @@ pub enum MergeFault {
     Forbidden,
     /// The PR turns unmergeable (a real conflict): 409 and `mergeable: false`.
     NotMergeable,
+    /// The merge lands, then the answer is lost (a proxy's 502).
+    LandedAnswerLost,
 }
 
 #[derive(Debug, Clone)]
@@ -422,8 +424,9 @@ async fn merge_pr(
             p.unmergeable = true;
             return msg(StatusCode::CONFLICT, "merge conflict");
         }
-        None => {}
+        Some(MergeFault::LandedAnswerLost) | None => {}
     }
+    let lose_answer = matches!(fault, Some(MergeFault::LandedAnswerLost));
     if p.merged {
         return msg(StatusCode::METHOD_NOT_ALLOWED, "PR already merged");
     }
@@ -464,6 +467,9 @@ async fn merge_pr(
     p.merged = true;
     p.open = false;
     p.merge_commit_sha = Some(git(&work, &["rev-parse", "HEAD"]));
+    if lose_answer {
+        return msg(StatusCode::BAD_GATEWAY, "upstream connection reset");
+    }
     (StatusCode::OK, "").into_response()
 }
 
