@@ -133,6 +133,20 @@ async fn scripted_agents_drive_a_task_from_analysis_to_deploy() {
         usage.contains("6010") || usage.contains("6,010"),
         "full input = 10 + 5000 + 1000: {usage}"
     );
+    // The usage was read: the comment says so by saying nothing about it
+    // (B-5); the format the parser recognised is kept with the run.
+    assert!(
+        !usage.contains("could not be read"),
+        "usage was read, the comment must not say otherwise: {usage}"
+    );
+    for j in js.iter().filter(|j| j.role != "merge-gate") {
+        let r = runs::latest_for_job(h.db.reader(), j.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.usage_format.is_some(), "{r:?}");
+        assert_eq!(r.usage_error, None);
+    }
     let statuses = h.tracker.statuses_of("DEMO-1");
     for s in ["in_progress", "in_review", "deploying", "awaiting_deploy"] {
         assert!(statuses.contains(&s.to_string()), "{s} not in {statuses:?}");

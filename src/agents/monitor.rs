@@ -12,7 +12,7 @@ use super::runtime::Runtime;
 use super::usage;
 use crate::clients::ForgeRepo;
 use crate::db::jobs::{self, JobRow};
-use crate::db::runs::{self, UsageRow};
+use crate::db::runs;
 use crate::db::tasks::{self, TaskRow};
 use crate::domain::Stage;
 use crate::proc_group::{self, Ended};
@@ -229,14 +229,7 @@ async fn record_usage(rt: &Runtime, job: &JobRow, run_id: i64) {
     if let Some(w) = &parsed.warning {
         tracing::warn!(job = job.id, "usage: {w}");
     }
-    let u = &parsed.usage;
-    let row = UsageRow {
-        input: u.input_tokens as i64,
-        output: u.output_tokens as i64,
-        cache_read: u.cache_read_tokens as i64,
-        cache_creation: u.cache_creation_tokens as i64,
-        cost_usd: u.cost_usd,
-    };
+    let row = parsed.usage.to_row();
     if let Err(e) = runs::record_usage(rt.db.writer(), run_id, &row).await {
         tracing::warn!(job = job.id, error = %e, "usage not recorded");
     }
@@ -384,14 +377,7 @@ async fn publish(
         ),
     )
     .await;
-    let u = usage::Usage {
-        input_tokens: run.input_tokens as u64,
-        output_tokens: run.output_tokens as u64,
-        cache_read_tokens: run.cache_read_tokens as u64,
-        cache_creation_tokens: run.cache_creation_tokens as u64,
-        cost_usd: run.cost_usd,
-        ..Default::default()
-    };
+    let u = usage::Usage::of_run(&run);
     comment(
         rt,
         task,

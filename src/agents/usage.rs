@@ -24,6 +24,28 @@ pub enum UsageFormat {
     Unknown,
 }
 
+impl UsageFormat {
+    /// The name stored with a run (`agent_runs.usage_format`); `None` for
+    /// [`UsageFormat::Unknown`]: nothing was read.
+    pub fn as_stored(self) -> Option<&'static str> {
+        match self {
+            UsageFormat::ClaudeJson => Some("claude-json"),
+            UsageFormat::ClaudeStreamJson => Some("claude-stream-json"),
+            UsageFormat::CodexExecJson => Some("codex-exec-json"),
+            UsageFormat::Unknown => None,
+        }
+    }
+
+    pub fn from_stored(s: Option<&str>) -> UsageFormat {
+        match s {
+            Some("claude-json") => UsageFormat::ClaudeJson,
+            Some("claude-stream-json") => UsageFormat::ClaudeStreamJson,
+            Some("codex-exec-json") => UsageFormat::CodexExecJson,
+            _ => UsageFormat::Unknown,
+        }
+    }
+}
+
 /// Usage of one agent run (or, summed with `+`, of several).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Usage {
@@ -42,6 +64,36 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// What a run row stores of this usage.
+    pub fn to_row(&self) -> crate::db::runs::UsageRow {
+        crate::db::runs::UsageRow {
+            input: self.input_tokens as i64,
+            output: self.output_tokens as i64,
+            cache_read: self.cache_read_tokens as i64,
+            cache_creation: self.cache_creation_tokens as i64,
+            cost_usd: self.cost_usd,
+            format: self.format.as_stored(),
+            error: self
+                .is_error
+                .then(|| self.error_subtype.clone().unwrap_or_else(|| "unknown".into())),
+        }
+    }
+
+    /// A run's usage as recorded: the same figures, format and error the
+    /// parser saw, so the comment written later says what was read.
+    pub fn of_run(r: &crate::db::runs::RunRow) -> Usage {
+        Usage {
+            input_tokens: r.input_tokens.max(0) as u64,
+            output_tokens: r.output_tokens.max(0) as u64,
+            cache_read_tokens: r.cache_read_tokens.max(0) as u64,
+            cache_creation_tokens: r.cache_creation_tokens.max(0) as u64,
+            cost_usd: r.cost_usd,
+            is_error: r.usage_error.is_some(),
+            error_subtype: r.usage_error.clone(),
+            format: UsageFormat::from_stored(r.usage_format.as_deref()),
+        }
+    }
+
     /// Everything the model read: uncached + cache read + cache creation.
     /// Showing only `input_tokens` hides ~99% of the input of a cached run.
     pub fn full_input(&self) -> u64 {
@@ -721,6 +773,42 @@ mod tests {
         let toml = "default_model = \"m\"\n[models.m]\ninput = 1.0\noutput = 2.0\ncache_read = 0.1\ncache_creation = 1.5\n";
         let t: PriceTable = toml::from_str(toml).unwrap();
         assert_eq!(t.price(None).unwrap().cache_creation, 1.5);
+    }
+
+    #[test]
+    fn a_stored_run_gives_back_what_was_read() {
+        for out in [STREAM, "", "garbage"] {
+            let u = p(out).usage;
+            let row = u.to_row();
+            let run = crate::db::runs::RunRow {
+                id: 1,
+                job_id: 1,
+                task_id: 1,
+                role: "developer".into(),
+                stage: "development".into(),
+                attempt: 1,
+                pid: None,
+                model: None,
+                effort: None,
+                command: None,
+                log_path: None,
+                started_at: 0,
+                exit_code: Some(0),
+                finished_at: Some(1),
+                input_tokens: row.input,
+                output_tokens: row.output,
+                cache_read_tokens: row.cache_read,
+                cache_creation_tokens: row.cache_creation,
+                cost_usd: row.cost_usd,
+                usage_format: row.format.map(str::to_string),
+                usage_error: row.error.clone(),
+            };
+            assert_eq!(Usage::of_run(&run), u, "{out:?}");
+            assert_eq!(
+                usage_comment("developer", &Usage::of_run(&run)).contains("could not be read"),
+                out != STREAM
+            );
+        }
     }
 
     #[test]

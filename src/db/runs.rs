@@ -25,6 +25,10 @@ pub struct RunRow {
     pub cache_read_tokens: i64,
     pub cache_creation_tokens: i64,
     pub cost_usd: f64,
+    /// The output format the usage was read from; `None`: not read.
+    pub usage_format: Option<String>,
+    /// The agent reported an error: its result subtype (`unknown` if none).
+    pub usage_error: Option<String>,
 }
 
 pub struct NewRun<'a> {
@@ -100,6 +104,8 @@ pub struct UsageRow {
     pub cache_read: i64,
     pub cache_creation: i64,
     pub cost_usd: f64,
+    pub format: Option<&'static str>,
+    pub error: Option<String>,
 }
 
 pub async fn record_usage<'e>(
@@ -109,13 +115,16 @@ pub async fn record_usage<'e>(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE agent_runs SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,
-                cache_creation_tokens = ?, cost_usd = ? WHERE id = ?",
+                cache_creation_tokens = ?, cost_usd = ?, usage_format = ?, usage_error = ?
+         WHERE id = ?",
     )
     .bind(u.input)
     .bind(u.output)
     .bind(u.cache_read)
     .bind(u.cache_creation)
     .bind(u.cost_usd)
+    .bind(u.format)
+    .bind(&u.error)
     .bind(id)
     .execute(ex)
     .await?;

@@ -19,7 +19,7 @@ use crate::agents::prompts::{self, PromptInput};
 use crate::agents::usage::{self, PriceTable};
 use crate::config::Project;
 use crate::db::now_ms;
-use crate::db::runs::{self, NewRun, UsageRow};
+use crate::db::runs::{self, NewRun};
 use crate::domain::gates::DEPLOY_REPORT;
 use crate::domain::verdict::VerdictLines;
 use crate::git::Workspace;
@@ -188,13 +188,7 @@ pub(super) async fn deploy(
         },
         crate::agents::monitor::exit_code_of(&run.ended),
         now_ms(),
-        &UsageRow {
-            input: u.input_tokens as i64,
-            output: u.output_tokens as i64,
-            cache_read: u.cache_read_tokens as i64,
-            cache_creation: u.cache_creation_tokens as i64,
-            cost_usd: u.cost_usd,
-        },
+        &u.to_row(),
         "prod_deploy",
     )
     .await;
