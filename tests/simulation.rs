@@ -61,6 +61,8 @@ fn seed() -> u64 {
 struct Faults {
     /// Percent of step boundaries at which a holder stalls.
     stall_pct: u64,
+    /// A stall lasts `lo..lo+spread` ms.
+    stall_ms: (u64, u64),
     effects: Option<EffectFaults>,
     /// One operator step in this many actor steps force-releases the lease
     /// of a stalled holder.
@@ -71,6 +73,7 @@ impl Faults {
     fn on(seed: u64) -> Faults {
         Faults {
             stall_pct: 2,
+            stall_ms: (2, 5),
             effects: Some(EffectFaults {
                 seed,
                 lose_answer_pct: 3,
@@ -84,6 +87,9 @@ impl Faults {
     fn harsh(seed: u64) -> Faults {
         Faults {
             stall_pct: 6,
+            // Long enough that the operator sees the stall and the next
+            // holder finishes its step inside it, however loaded the host.
+            stall_ms: (15, 30),
             operator_every: 3,
             ..Faults::on(seed)
         }
@@ -91,6 +97,7 @@ impl Faults {
     fn off() -> Faults {
         Faults {
             stall_pct: 0,
+            stall_ms: (2, 5),
             effects: None,
             operator_every: 0,
         }
@@ -104,7 +111,12 @@ struct World {
 }
 
 fn world(db: &Db, counts: &Path, seed: u64, faults: Faults, defences: Defences) -> World {
-    let stalls = StallHook::new(seed ^ std::process::id() as u64, faults.stall_pct);
+    let stalls = StallHook::with_stall_ms(
+        seed ^ std::process::id() as u64,
+        faults.stall_pct,
+        faults.stall_ms.0,
+        faults.stall_ms.1,
+    );
     let engine = Engine::builder(db.clone(), Boot::new())
         .effects(sim::faulty_registry(counts, faults.effects))
         .inputs(Arc::new(SimInputs { seed }))
@@ -733,7 +745,7 @@ fn simulation_zero_duplicate_effects_zero_contradictions() {
 #[test]
 fn each_defence_carries_weight() {
     let seed = seed();
-    let budget = env_u64("SIM_DEFENCE_SECONDS").unwrap_or(if in_ci() { 10 } else { 5 });
+    let budget = env_u64("SIM_DEFENCE_SECONDS").unwrap_or(if in_ci() { 20 } else { 5 });
     let mut zero = Vec::new();
     for name in Defences::NAMES {
         let cfg = Run {

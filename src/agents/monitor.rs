@@ -377,7 +377,7 @@ async fn publish(
         ),
     )
     .await;
-    let u = usage::Usage::of_run(&run);
+    let u = usage::Usage::of_run(run);
     comment(
         rt,
         task,

@@ -73,9 +73,11 @@ impl Usage {
             cache_creation: self.cache_creation_tokens as i64,
             cost_usd: self.cost_usd,
             format: self.format.as_stored(),
-            error: self
-                .is_error
-                .then(|| self.error_subtype.clone().unwrap_or_else(|| "unknown".into())),
+            error: self.is_error.then(|| {
+                self.error_subtype
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into())
+            }),
         }
     }
 

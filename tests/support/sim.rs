@@ -214,6 +214,8 @@ pub struct StallHook {
     pub stalled: Arc<std::sync::Mutex<std::collections::HashSet<(i64, String)>>>,
     pub count: AtomicU64,
     draws: AtomicU64,
+    /// A stall lasts `lo..lo+spread` ms.
+    stall_ms: (u64, u64),
 }
 
 impl StallHook {
@@ -224,7 +226,16 @@ impl StallHook {
             stalled: Default::default(),
             count: AtomicU64::new(0),
             draws: AtomicU64::new(0),
+            stall_ms: (2, 5),
         })
+    }
+
+    /// Stalls of `lo..lo+spread` ms: long enough for another holder to take
+    /// the lease and finish a step meanwhile, even on a loaded machine.
+    pub fn with_stall_ms(seed: u64, pct: u64, lo: u64, spread: u64) -> Arc<StallHook> {
+        let mut h = Arc::into_inner(StallHook::new(seed, pct)).expect("new");
+        h.stall_ms = (lo, spread.max(1));
+        Arc::new(h)
     }
 
     /// (task, holder) of the holders stalled right now.
@@ -251,7 +262,7 @@ impl orchestrator::stage_engine::Hooks for StallHook {
         self.count.fetch_add(1, Ordering::Relaxed);
         let key = (task_id, holder.to_string());
         self.stalled.lock().unwrap().insert(key.clone());
-        let ms = 2 + (h >> 16) % 5;
+        let ms = self.stall_ms.0 + (h >> 16) % self.stall_ms.1;
         tokio::task::block_in_place(|| std::thread::sleep(std::time::Duration::from_millis(ms)));
         self.stalled.lock().unwrap().remove(&key);
     }
