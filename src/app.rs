@@ -164,6 +164,14 @@ impl Running {
 /// Start the daemon on an already bound listener (tests pass port 0).
 pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<Running> {
     let settings = Arc::new(settings);
+    // Agents run confined or not at all (B-12): a kernel without Landlock
+    // fails here unless the operator chose ORCH_AGENT_SANDBOX=off.
+    crate::sandbox::check_available(settings.agent_sandbox)?;
+    if settings.agent_sandbox == crate::sandbox::Mode::Off {
+        tracing::warn!(
+            "ORCH_AGENT_SANDBOX=off: agents and gate commands can read the daemon's database, config and home"
+        );
+    }
     let db_path = settings.database_path();
     // The lock comes first: a second daemon must not even migrate.
     let lock = instance_lock(&db_path)?;

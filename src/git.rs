@@ -24,16 +24,37 @@ pub enum GitError {
     },
 }
 
+/// Options before every git command the daemon runs.
+pub const HARDENING: [&str; 6] = [
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "protocol.ext.allow=never",
+];
+
+/// Every git the daemon runs starts here. A repository's own config is the
+/// agent's to write: its hooks and fsmonitor would run code of its choosing
+/// as the daemon (B-12), so they are switched off; the daemon's secrets
+/// stay out of git's environment.
+pub fn command() -> Command {
+    let mut cmd = Command::new("git");
+    cmd.args(HARDENING);
+    for k in crate::config::SECRET_ENV_KEYS {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
 /// Run git in `cwd`; stdout on success. Never prompts for credentials.
 pub async fn git(cwd: &Path, args: &[&str]) -> Result<String, GitError> {
-    let out = Command::new("git")
-        .args(args)
+    let mut cmd = command();
+    cmd.args(args)
         .current_dir(cwd)
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        .kill_on_drop(true)
-        .output()
-        .await?;
+        .env("LC_ALL", "C");
+    let out = cmd.kill_on_drop(true).output().await?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

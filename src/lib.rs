@@ -42,6 +42,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod proc_group;
 pub mod procfs;
+pub mod sandbox;
 pub mod shutdown;
 pub mod stage_engine;
 pub mod telemetry;

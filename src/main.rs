@@ -39,6 +39,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, before any secret is read: no process of our user may read
+    // this one's environment or memory through /proc (B-12).
+    orchestrator::sandbox::harden_daemon();
     let cli = Cli::parse();
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -89,6 +89,8 @@ pub struct Spec {
     /// daemon that exits mid-way never cuts a deploy in half; the next start
     /// adopts it. Needs `log` (a pipe would die with the daemon).
     pub survives_drop: bool,
+    /// Confine the child (B-12): applied after `setsid`, before exec.
+    pub sandbox: Option<crate::sandbox::Prepared>,
 }
 
 /// How a command ended.
@@ -288,8 +290,17 @@ pub fn spawn(spec: &Spec) -> Result<Group, ProcError> {
     // parent; it makes the child the leader of a new session and of a new
     // process group whose id is its pid, so it outlives the daemon (no
     // hang-up from a terminal) and the whole tree stops with one killpg.
+    // The sandbox's ruleset was built before the fork; the child only
+    // applies it (two syscalls, nothing that allocates).
+    let sandbox_fd = spec.sandbox.as_ref().map(|s| s.raw_fd());
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            if let Some(fd) = sandbox_fd {
+                crate::sandbox::restrict_in_child(fd)?;
+            }
+            Ok(())
+        });
     }
     for k in &spec.env_remove {
         cmd.env_remove(k);

@@ -618,3 +618,54 @@ async fn reconciler_handles_a_status_whose_webhook_never_came() {
     reconciler::tick(&h.rt, &stats).await.unwrap();
     assert_eq!(stats.poll.handed_over.load(Ordering::Relaxed), 1);
 }
+
+/// A finalizer that failed (its advance returned an error: a database
+/// error, a lost lease) left a confirmed deploy undone: the reconciler
+/// queues it again instead of leaving the task at deploy with no job, no
+/// hold and no lease (stuck, found by the world simulation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_requeues_a_failed_finalizer() {
+    let h = Harness::new(&["demo"], &[]).await;
+    let stats = Arc::new(reconciler::ReconcilerStats::default());
+    let id = h.task("demo", "DEMO-11").await;
+    sqlx::query(
+        "UPDATE tasks SET stage = 'deploy', stage_version = 9, deploy_confirmed_at = 1 WHERE id = ?",
+    )
+    .bind(id)
+    .execute(h.db.writer())
+    .await
+    .unwrap();
+    let q = jobs::enqueue(
+        &h.db,
+        id,
+        Stage::Deploy,
+        orchestrator::loops::finalizer::ROLE,
+        1,
+        "",
+    )
+    .await
+    .unwrap();
+    jobs::start(h.db.writer(), q.id(), "boot", 1).await.unwrap();
+    jobs::transition(
+        h.db.writer(),
+        q.id(),
+        "running",
+        "failed",
+        Some("lost lease"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        jobs::active_for_task(h.db.reader(), id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    reconciler::tick(&h.rt, &stats).await.unwrap();
+    let again = jobs::active_for_task(h.db.reader(), id)
+        .await
+        .unwrap()
+        .expect("a finalizer queued again");
+    assert_eq!(again.role, orchestrator::loops::finalizer::ROLE);
+    assert_eq!(again.status, "queued");
+}

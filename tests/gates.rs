@@ -248,7 +248,9 @@ async fn a_clean_scan_passes_and_a_missing_scanner_is_infra_not_a_verdict() {
     // Clean: the scan ran on the rebased head and the task reaches deploy.
     let h = Harness::new_with(
         &["demo"],
-        "test_command = \"true\"\nsecurity_command = \"git log --oneline -1 >> ../security-scans.log\"",
+        // The scan is confined like an agent (B-12): it writes where it may,
+        // its own home.
+        "test_command = \"true\"\nsecurity_command = \"git log --oneline -1 >> $HOME/security-scans.log\"",
         &[],
     )
     .await;
@@ -260,8 +262,8 @@ async fn a_clean_scan_passes_and_a_missing_scanner_is_infra_not_a_verdict() {
     .await;
     let log =
         h.rt.workspace
-            .worktree_dir("DEMO-7")
-            .join("../security-scans.log");
+            .root()
+            .join("agent-home/demo-7/security-scans.log");
     let scanned = std::fs::read_to_string(&log).unwrap();
     assert_eq!(scanned.lines().count(), 1, "{scanned}");
     assert_eq!(h.rt.merge_gate.insecure.load(Ordering::Relaxed), 0);

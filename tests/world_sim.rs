@@ -164,11 +164,11 @@ async fn the_daemons_own_actors_with_faults_merge_and_deploy_each_task_once() {
             (
                 "ORCH_AGENT_COMMAND",
                 // DEMO-3's first agent hangs: the rival reaper's tier 3 kills
-                // it and reclaims; the retry runs normally.
+                // it and reclaims; the retry runs normally. The marker is in
+                // the agent's own home, where the sandbox lets it write.
                 &format!(
-                    "if [ \"$ORCH_WORK_ITEM\" = DEMO-3 ] && [ ! -e {hung} ]; then touch {hung}; sleep 60; fi; \
+                    "if [ \"$ORCH_WORK_ITEM\" = DEMO-3 ] && [ ! -e \"$HOME/hung\" ]; then touch \"$HOME/hung\"; sleep 60; fi; \
                      AGENT_OWN_FILE=1 {agent}",
-                    hung = marks.path().join("hung").display(),
                     agent = support::runtime::agent("contract-agent.sh")
                 ),
             ),

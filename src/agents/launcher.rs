@@ -125,6 +125,11 @@ pub async fn launch(
         ("ORCH_EFFORT".to_string(), spec.effort.clone()),
         ("ORCH_ATTEMPT".to_string(), job.attempt.to_string()),
     ];
+    let confined = rt
+        .confine(&spec.command, &project.name, &task.work_item, worktree)
+        .map_err(|e| LaunchError::Spawn(e.to_string()))?;
+    let mut env = env;
+    env.extend(confined.env);
     let group = proc_group::spawn(&proc_group::Spec {
         command: WRAPPER.to_string(),
         cwd: worktree.to_path_buf(),
@@ -135,6 +140,7 @@ pub async fn launch(
             .collect(),
         log: Some(paths.log.clone()),
         survives_drop: false,
+        sandbox: confined.sandbox,
     })
     .map_err(|e| LaunchError::Spawn(e.to_string()))?;
     runs::set_pid(rt.db.writer(), run_id, group.pid as i64).await?;

@@ -123,7 +123,20 @@ pub async fn run(
         return Ok((run_id, Ended::Exited(TOOL_ERROR)));
     }
     let started = std::time::Instant::now();
-    let spec = proc_group::Spec {
+    // The tester runs the agent's change (its tests): confined like an
+    // agent. The staging command is the operator's, with its credentials.
+    let confined = if which == Builtin::Tester {
+        match rt.confine(&command, &project.name, &task.work_item, worktree) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(work_item = %task.work_item, error = %e, "tester not started");
+                return Ok((run_id, Ended::Exited(TOOL_ERROR)));
+            }
+        }
+    } else {
+        Default::default()
+    };
+    let mut spec = proc_group::Spec {
         command: command.clone(),
         cwd: worktree.to_path_buf(),
         env: vec![
@@ -139,7 +152,9 @@ pub async fn run(
             .collect(),
         log: Some(paths.log.clone()),
         survives_drop: false,
+        sandbox: confined.sandbox,
     };
+    spec.env.extend(confined.env);
     let timeout = Duration::from_secs(rt.settings.command_timeout_s);
     let grace = Duration::from_secs(rt.settings.agent_kill_grace_s);
     // The group id goes on the job, like an agent's: a STOP (F-25), tier 3

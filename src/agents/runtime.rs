@@ -68,6 +68,83 @@ impl Runtime {
         }
     }
 
+    /// The confinement of a child that runs code we did not write (an
+    /// agent, a gate command over the agent's change) in `worktree` (B-12):
+    /// the ruleset, and the environment it needs (a home and a TMPDIR of
+    /// its own, since the daemon's home is out of reach). `(None, [])` when
+    /// `ORCH_AGENT_SANDBOX=off`.
+    pub fn confine(
+        &self,
+        command: &str,
+        project: &str,
+        work_item: &str,
+        worktree: &std::path::Path,
+    ) -> Result<Confined, crate::sandbox::SandboxError> {
+        if self.settings.agent_sandbox == crate::sandbox::Mode::Off {
+            return Ok(Confined::default());
+        }
+        let path_var = std::env::var("PATH").ok();
+        let mut policy = crate::sandbox::Policy::for_command(command, path_var.as_deref());
+        policy
+            .read
+            .extend(self.settings.agent_read_paths.iter().cloned());
+        policy
+            .read
+            .push(self.workspace.clone_dir(project).join(".git"));
+        let branch = branch_name(work_item);
+        let home = self.workspace.root().join("agent-home").join(&branch);
+        let tmp = home.join("tmp");
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| crate::sandbox::SandboxError::Build(format!("{}: {e}", tmp.display())))?;
+        let run_dir = self.workspace.root().join("runs").join(&branch);
+        policy.write.push(worktree.to_path_buf());
+        policy.write.push(run_dir);
+        policy.write.push(home.clone());
+        if let Some(gitdir) = worktree_gitdir(worktree) {
+            policy.write.push(gitdir);
+        }
+        policy.secrets = self.secret_paths();
+        let prepared = crate::sandbox::prepare(&policy)?;
+        if !prepared.dropped.is_empty() {
+            tracing::debug!(work_item, dropped = ?prepared.dropped, "sandbox: paths left out, a secret lies beneath them");
+        }
+        Ok(Confined {
+            sandbox: Some(prepared),
+            env: vec![
+                ("HOME".into(), home.to_string_lossy().into_owned()),
+                ("TMPDIR".into(), tmp.to_string_lossy().into_owned()),
+            ],
+        })
+    }
+
+    /// Files no agent may reach: the database (and its journal files), the
+    /// config file, `.env`, the daemon's home.
+    fn secret_paths(&self) -> Vec<PathBuf> {
+        let db = self.settings.database_path();
+        let abs = |p: PathBuf| {
+            if p.is_absolute() {
+                p
+            } else {
+                std::env::current_dir().unwrap_or_default().join(p)
+            }
+        };
+        let db = abs(db);
+        let mut out = vec![db.clone()];
+        for suffix in ["-wal", "-shm", "-journal", ".lock"] {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            out.push(PathBuf::from(name));
+        }
+        if let Ok(c) = std::env::var("ORCH_CONFIG") {
+            out.push(abs(PathBuf::from(c)));
+        }
+        out.push(abs(PathBuf::from(".env")));
+        if let Ok(h) = std::env::var("HOME") {
+            out.push(PathBuf::from(h));
+        }
+        out
+    }
+
     pub async fn alert(&self, kind: &'static str, work_item: &str, message: String) {
         self.notifier
             .alert(Alert {
@@ -93,6 +170,22 @@ impl Runtime {
             dir,
         }
     }
+}
+
+/// What [`Runtime::confine`] gives a child.
+#[derive(Debug, Default)]
+pub struct Confined {
+    pub sandbox: Option<crate::sandbox::Prepared>,
+    pub env: Vec<(String, String)>,
+}
+
+/// The private git dir of a linked worktree (its `.git` file names it),
+/// where git keeps that worktree's index and HEAD.
+fn worktree_gitdir(worktree: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(worktree.join(".git")).ok()?;
+    let dir = text.trim().strip_prefix("gitdir:")?.trim();
+    let p = PathBuf::from(dir);
+    Some(if p.is_absolute() { p } else { worktree.join(p) })
 }
 
 /// An exit file holds one number and a newline.

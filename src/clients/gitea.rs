@@ -406,7 +406,7 @@ impl Forge for GiteaClient {
 
 /// Run git in `dir`; its exit code, `None` when it could not run or timed out.
 async fn git(dir: &Path, args: &[&str], timeout: Duration) -> Option<i32> {
-    let mut cmd = tokio::process::Command::new("git");
+    let mut cmd = crate::git::command();
     cmd.arg("-C")
         .arg(dir)
         .args(args)

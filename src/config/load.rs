@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
@@ -245,6 +246,31 @@ impl<'a> Fields<'a> {
                 }
             },
         };
+        let agent_read_paths: Vec<PathBuf> = match self.raw("agent_read_paths") {
+            None => Vec::new(),
+            Some(Value::String(_, s)) => s
+                .split(':')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            Some(v) => self.parse::<Vec<PathBuf>>(&v).unwrap_or_else(|e| {
+                let w = format!(
+                    "{}: invalid list ({e}); agents read only the system's directories",
+                    self.describe("agent_read_paths")
+                );
+                self.report.warnings.push(w);
+                Vec::new()
+            }),
+        };
+        if let Some(rel) = agent_read_paths.iter().find(|p| !p.is_absolute()) {
+            let e = format!(
+                "{}: {} is not an absolute path",
+                self.describe("agent_read_paths"),
+                rel.display()
+            );
+            self.errors.push(e);
+        }
         let plane: PlaneTable =
             self.required("plane", PlaneTable::default(), "a valid [plane] table");
         let projects: Vec<Project> =
@@ -281,6 +307,8 @@ impl<'a> Fields<'a> {
             telegram_api_url: self.or_default("telegram_api_url", d.telegram_api_url.clone()),
             workspace_root: self.or_default("workspace_root", d.workspace_root.clone()),
             agent_command: self.or_default("agent_command", d.agent_command.clone()),
+            agent_sandbox: self.required("agent_sandbox", d.agent_sandbox, "landlock or off"),
+            agent_read_paths,
             agent_model: self.or_default("agent_model", d.agent_model.clone()),
             agent_effort: self.or_default("agent_effort", d.agent_effort.clone()),
             max_concurrent_jobs: self.positive("max_concurrent_jobs", d.max_concurrent_jobs),

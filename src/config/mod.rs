@@ -266,6 +266,12 @@ pub struct Settings {
 
     pub workspace_root: PathBuf,
     pub agent_command: String,
+    /// B-12: how agents and gate commands are confined (`landlock`, the
+    /// default, or `off`).
+    pub agent_sandbox: crate::sandbox::Mode,
+    /// Extra directories agents may read and execute (`:`-separated in the
+    /// environment), e.g. where their CLIs are installed.
+    pub agent_read_paths: Vec<PathBuf>,
     /// Default model and effort handed to agents (`ORCH_MODEL`, `ORCH_EFFORT`).
     pub agent_model: String,
     pub agent_effort: String,
@@ -340,6 +346,8 @@ impl Default for Settings {
             telegram_chat_id: String::new(),
             telegram_api_url: "https://api.telegram.org".into(),
             workspace_root: PathBuf::from("workspaces"),
+            agent_sandbox: crate::sandbox::Mode::Landlock,
+            agent_read_paths: Vec::new(),
             agent_command:
                 "claude -p \"$(cat \"$ORCH_PROMPT_FILE\")\" --output-format stream-json --verbose"
                     .into(),

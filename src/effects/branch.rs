@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::process::Command;
 
 use crate::clients::{ClientError, Forge, ForgeRepo};
 use crate::config::{Project, Settings};
@@ -239,7 +238,7 @@ async fn git(dir: &Path, args: &[&str]) -> Result<GitOut, String> {
     if let Err(e) = tokio::fs::create_dir_all(dir).await {
         return Err(format!("cannot create {}: {e}", dir.display()));
     }
-    let mut cmd = Command::new("git");
+    let mut cmd = crate::git::command();
     cmd.args(args)
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")

@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::process::Command;
-
 use crate::config::Project;
 
 /// How long one git command may take.
@@ -63,7 +61,7 @@ struct GitOut {
 }
 
 async fn run_git(dir: &Path, args: &[&str]) -> Result<GitOut, CheckoutError> {
-    let mut cmd = Command::new("git");
+    let mut cmd = crate::git::command();
     cmd.arg("-C")
         .arg(dir)
         .args(args)

@@ -145,6 +145,8 @@ impl DeployDeps {
                 .collect(),
             log: None,
             survives_drop: false,
+            // The operator's own command, with the deploy's credentials.
+            sandbox: None,
         }
     }
 }

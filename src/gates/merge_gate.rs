@@ -206,7 +206,15 @@ async fn rebase_and_retest(
         );
         return Ok((Class::Pass { retested: false }, wt));
     }
-    let out = run_in_group(rt, job, &wt, work_item, &project.test_command).await;
+    let out = run_in_group(
+        rt,
+        job,
+        &project.name,
+        &wt,
+        work_item,
+        &project.test_command,
+    )
+    .await;
     let class = match out {
         Ok(o) => classify(o.ended, &o.output),
         Err(e) => Class::Other(format!("the re-test could not start: {e}")),
@@ -223,23 +231,35 @@ async fn rebase_and_retest(
 
 /// Run a gate command in the worktree, in its own process group with the
 /// re-test's timeout, its group id on the job (tier 3 and a restart find it).
+/// The command runs the agent's change: it is confined like an agent (B-12).
 pub(super) async fn run_in_group(
     rt: &Runtime,
     job: &JobRow,
+    project: &str,
     wt: &std::path::Path,
     work_item: &str,
     command: &str,
 ) -> Result<proc_group::Outcome, proc_group::ProcError> {
+    let confined =
+        rt.confine(command, project, work_item, wt)
+            .map_err(|e| proc_group::ProcError::Spawn {
+                command: command.to_string(),
+                cwd: wt.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+    let mut env = vec![("ORCH_WORK_ITEM".to_string(), work_item.to_string())];
+    env.extend(confined.env);
     let spec = proc_group::Spec {
         command: command.to_string(),
         cwd: wt.to_path_buf(),
-        env: vec![("ORCH_WORK_ITEM".into(), work_item.into())],
+        env,
         env_remove: crate::config::SECRET_ENV_KEYS
             .iter()
             .map(|k| k.to_string())
             .collect(),
         log: None,
         survives_drop: false,
+        sandbox: confined.sandbox,
     };
     let record_pgid = |group: proc_group::Owned| rt.record_pgid(job, group);
     proc_group::run_observed(

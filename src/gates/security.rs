@@ -31,7 +31,7 @@ pub async fn scan(
     if command.is_empty() {
         return None;
     }
-    let class = match run_in_group(rt, job, wt, work_item, command).await {
+    let class = match run_in_group(rt, job, &project.name, wt, work_item, command).await {
         Ok(o) => classify(command, o.ended, &o.output),
         Err(e) => Some(Class::Other(format!(
             "the security scan could not start: {e}"

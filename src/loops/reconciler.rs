@@ -67,8 +67,12 @@ pub async fn tick(rt: &Runtime, stats: &Arc<ReconcilerStats>) -> anyhow::Result<
         "SELECT t.* FROM tasks t
          WHERE t.stage NOT IN {TERMINAL_SQL} AND t.hold_reason IS NULL
            AND NOT EXISTS (SELECT 1 FROM jobs a WHERE a.task_id = t.id AND a.status IN ('queued','running'))
-           AND EXISTS (SELECT 1 FROM jobs j WHERE j.task_id = t.id AND j.stage = t.stage AND j.status = 'done'
-                       AND j.created_at >= {ENTERED})"
+           AND EXISTS (SELECT 1 FROM jobs j WHERE j.task_id = t.id AND j.stage = t.stage
+                       AND (j.status = 'done' OR (j.status = 'failed' AND j.role = '{finalizer}'))
+                       AND j.created_at >= {ENTERED})",
+        // A finalizer that failed (a database error, a lost lease) left the
+        // transition undone: it is queued again, as its alert promises.
+        finalizer = crate::loops::finalizer::ROLE,
     );
     let stuck: Vec<TaskRow> = sqlx::query_as(&sql).fetch_all(rt.db.reader()).await?;
     for t in stuck {
