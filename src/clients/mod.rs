@@ -4,6 +4,8 @@
 
 pub mod gitea;
 pub mod plane;
+pub mod plane_outbox;
+pub mod rate_limit;
 pub mod retry;
 pub mod write_guard;
 
@@ -109,6 +111,11 @@ pub enum MergeOutcome {
     /// A terminal refusal (403, 404, not mergeable) or retries exhausted.
     NotMerged {
         reason: String,
+    },
+    /// 409 "head out of date": the branch moved past the head we asked to
+    /// merge (issue 11 pt 4). The new head was never through the merge gate.
+    HeadMoved {
+        head: String,
     },
 }
 

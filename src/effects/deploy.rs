@@ -392,6 +392,14 @@ impl MergePr {
                 Ok(sha)
             }
             (_, Ok(true)) => Ok(self.landed_as(dir, project, head).await),
+            // Issue 11 pt 4: someone pushed to the branch after the merge
+            // gate validated it; merging the new head would ship commits no
+            // gate saw. Never reached main: `Failed`, the task holds.
+            (Ok(MergeOutcome::HeadMoved { head: now }), Ok(false)) => {
+                Err(EffectError::Failed(format!(
+                    "PR #{number} not merged: {branch} moved from {head} to {now} after the merge gate; it must go through the merge gate again"
+                )))
+            }
             (Ok(MergeOutcome::NotMerged { reason }), Ok(false)) => Err(EffectError::Failed(
                 format!("PR #{number} not merged: {reason}"),
             )),
