@@ -111,6 +111,9 @@ pub struct PlaneState {
     /// (work item id, state name) of every state change, in order: the
     /// statuses a work item went through (Deploying, Monitoring, Done).
     pub state_log: Vec<(String, String)>,
+    /// (work item id, what) of every write that landed, in order: a state
+    /// name (`state:<name>`) or a comment's HTML (`comment:<html>`).
+    pub write_log: Vec<(String, String)>,
     pub version: PlaneVersion,
     pub rate: Option<RateRule>,
     /// When the requests the throttle counted arrived.
@@ -312,6 +315,16 @@ impl PlaneDouble {
             .iter()
             .filter(|(i, _)| i == item)
             .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// What landed on one work item, in order (see `write_log`).
+    pub fn writes_of(&self, item: &str) -> Vec<String> {
+        self.lock()
+            .write_log
+            .iter()
+            .filter(|(i, _)| i == item)
+            .map(|(_, w)| w.clone())
             .collect()
     }
 
@@ -525,8 +538,9 @@ async fn patch_item(
         let old = std::mem::replace(&mut it.state, new.clone());
         it.updated_at = updated_at;
         let it = it.clone();
+        let name = s.state_name(&pid, &new).map(|(n, _)| n).unwrap_or_default();
+        s.write_log.push((id.clone(), format!("state:{name}")));
         if old != new {
-            let name = s.state_name(&pid, &new).map(|(n, _)| n).unwrap_or_default();
             s.state_log.push((id.clone(), name));
         }
         let echo = (old != new && s.webhook.is_some())
@@ -608,6 +622,8 @@ async fn post_comment(
         external_source: source,
         external_id: ext,
     };
+    s.write_log
+        .push((id.clone(), format!("comment:{}", c.html)));
     s.comments.entry(id).or_default().push(c.clone());
     (
         StatusCode::CREATED,
