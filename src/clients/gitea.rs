@@ -460,6 +460,42 @@ impl Forge for GiteaClient {
         self.sha_in_main_by_compare(repo, sha).await
     }
 
+    async fn merged_pr_of(
+        &self,
+        repo: &ForgeRepo,
+        branch: &str,
+    ) -> Result<Option<Value>, ClientError> {
+        // Recently updated closed PRs first: a merge the poll looks for is
+        // recent. A few pages bound the cost of one reconciler pass.
+        for page in 1..=3u32 {
+            let mut url = self.url(repo, &["pulls"])?;
+            url.query_pairs_mut()
+                .append_pair("state", "closed")
+                .append_pair("sort", "recentupdate")
+                .append_pair("limit", "50")
+                .append_pair("page", &page.to_string());
+            let (status, v) = self.call_checked(Method::GET, url, None).await?;
+            if !status.is_success() {
+                return Err(rejected(status, &v));
+            }
+            let Some(list) = v.as_array() else {
+                return Ok(None);
+            };
+            let hit = list.iter().find(|p| {
+                p.get("merged").and_then(Value::as_bool) == Some(true)
+                    && p.pointer("/head/ref").and_then(Value::as_str) == Some(branch)
+                    && p.pointer("/base/ref").and_then(Value::as_str) == Some(&repo.default_branch)
+            });
+            if let Some(p) = hit {
+                return Ok(Some(p.clone()));
+            }
+            if list.len() < 50 {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
     async fn delete_branch(&self, repo: &ForgeRepo, branch: &str) -> Result<(), ClientError> {
         let b = branch.trim();
         if b.is_empty() || b == repo.default_branch || b == "main" || b == "master" {

@@ -139,4 +139,14 @@ pub trait Forge: Send + Sync {
     async fn sha_in_main(&self, repo: &ForgeRepo, sha: &str) -> Result<bool, ClientError>;
     /// Delete a feature branch; refuses the default branch before any call.
     async fn delete_branch(&self, repo: &ForgeRepo, branch: &str) -> Result<(), ClientError>;
+    /// The merged PR of `branch` into the default branch, as the forge's
+    /// API renders a PR (the `pull_request` object of its webhook), if any:
+    /// the reconciler's poll for a merge whose webhook was lost (F-16).
+    async fn merged_pr_of(
+        &self,
+        _repo: &ForgeRepo,
+        _branch: &str,
+    ) -> Result<Option<serde_json::Value>, ClientError> {
+        Ok(None)
+    }
 }

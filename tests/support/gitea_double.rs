@@ -410,13 +410,17 @@ async fn list_prs(
     let Some(r) = s.repos.get(&format!("{owner}/{repo}")) else {
         return msg(StatusCode::NOT_FOUND, "repo not found");
     };
-    let open_only = q.state.as_deref() == Some("open");
+    let state = q.state.as_deref();
     let limit = q.limit.unwrap_or(30).clamp(1, 50);
     let page = q.page.unwrap_or(1).max(1);
     let list: Vec<Value> = r
         .pulls
         .iter()
-        .filter(|p| !open_only || p.open)
+        .filter(|p| match state {
+            Some("open") => p.open,
+            Some("closed") => !p.open,
+            _ => true,
+        })
         .skip((page - 1) * limit)
         .take(limit)
         .map(|p| pr_json(&r.bare, p, true))
