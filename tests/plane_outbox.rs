@@ -158,14 +158,15 @@ async fn a_burst_of_120_writes_lands_whole_in_order_without_a_429() {
         let want: Vec<String> = script(i, 30).iter().map(landed_as).collect();
         assert_eq!(e.plane.writes_of(&item.issue_id), want, "DEMO-{}", i + 1);
     }
-    let s = e.plane.lock();
+    let (throttled, writes) = {
+        let s = e.plane.lock();
+        (s.throttled, s.write_log.len())
+    };
     assert_eq!(
-        s.throttled, 0,
+        throttled, 0,
         "no request was sent while the budget was spent"
     );
-    let writes = s.write_log.len();
     assert_eq!(writes, 120, "none dropped, none doubled");
-    drop(s);
     let refused: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM plane_outbox WHERE state = 'failed'")
             .fetch_one(db.reader())
