@@ -1,0 +1,101 @@
+//! The daemon against the Plane and Gitea that people run (issue 11): the
+//! same scenarios through the real binary against doubles that behave like
+//! Gitea 1.22 (no commit ids in `compare`) or 1.23+, and Plane 1.0 (only
+//! `.../issues/...`) or 1.3 (also `.../work-items/...`).
+//! - Happy path: Confirm Deploy → one merge → Done, Plane at Deploying,
+//!   Monitoring after Deploy, Done.
+//! - kill -9 while the merge POST is in flight (the merge landed, its
+//!   answer never came) → restart → the merge is found in main, not made
+//!   again → Done, exactly one merge.
+
+mod support;
+
+use nix::sys::signal::Signal;
+use orchestrator::db::Db;
+use orchestrator::domain::Stage;
+use support::daemon::{REPO, World, task, until, world};
+use support::gitea_double::{GiteaVersion, MergeFault};
+use support::plane_double::PlaneVersion;
+
+const PAIRS: [(GiteaVersion, PlaneVersion); 2] = [
+    (GiteaVersion::V1_22, PlaneVersion::V1_0),
+    (GiteaVersion::V1_23, PlaneVersion::V1_3),
+];
+
+async fn versioned(g: GiteaVersion, p: PlaneVersion) -> World {
+    let w = world("deploy_command = 'true'", &[]).await;
+    w.gitea.set_version(g);
+    w.plane.set_version(p);
+    w
+}
+
+fn no_work_items_path(w: &World) -> bool {
+    w.plane
+        .requests()
+        .iter()
+        .all(|(_, path)| !path.contains("/work-items/"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_on_each_version() {
+    for (g, p) in PAIRS {
+        let w = versioned(g, p).await;
+        let mut d = w.start().await;
+        let db = Db::open(&w.db_path()).await.unwrap();
+        let (item, t, head) = w.parked_on_deploy(&db, 1).await;
+        assert_eq!(w.plane.human_set_state(&item, "Confirm Deploy").await, 200);
+        until("Plane shows Done", 60, || async {
+            w.plane.state_of(&item) == "Done"
+        })
+        .await;
+        let done = task(&db, t.id).await;
+        assert_eq!(done.stage, Stage::Done, "{g:?}/{p:?}: {}", w.log());
+        assert_eq!((w.merge_posts(), w.merges_in_main()), (1, 1), "{g:?}/{p:?}");
+        assert!(w.gitea.is_in_main(REPO, &head));
+        assert_eq!(
+            w.plane.states_of(&item),
+            ["Deploying", "Monitoring after Deploy", "Done"],
+            "{g:?}/{p:?}"
+        );
+        assert!(no_work_items_path(&w), "{p:?}");
+        d.signal(Signal::SIGTERM);
+        d.exited(30).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_merge_then_restart_merges_once_on_each_version() {
+    for (g, p) in PAIRS {
+        let w = versioned(g, p).await;
+        w.gitea.push_merge_fault(MergeFault::LandedThenHang);
+        let mut first = w.start().await;
+        let db = Db::open(&w.db_path()).await.unwrap();
+        let (item, t, head) = w.parked_on_deploy(&db, 2).await;
+        assert_eq!(w.plane.human_set_state(&item, "Confirm Deploy").await, 200);
+        // The merge landed; its answer hangs: the daemon is inside the POST.
+        until("the merge POST is in flight", 60, || async {
+            w.gitea.is_in_main(REPO, &head)
+        })
+        .await;
+        first.signal(Signal::SIGKILL);
+        first.exited(10).await;
+        assert_eq!(task(&db, t.id).await.stage, Stage::Deploy);
+        assert_eq!(w.merge_posts(), 1);
+
+        let mut second = w.start().await;
+        until("Plane shows Done after the restart", 60, || async {
+            w.plane.state_of(&item) == "Done"
+        })
+        .await;
+        assert_eq!(task(&db, t.id).await.stage, Stage::Done, "{g:?}/{p:?}");
+        assert_eq!(
+            (w.merge_posts(), w.merges_in_main()),
+            (1, 1),
+            "{g:?}/{p:?}: no second merge: {}",
+            w.log()
+        );
+        assert!(no_work_items_path(&w), "{p:?}");
+        second.signal(Signal::SIGTERM);
+        second.exited(30).await;
+    }
+}
