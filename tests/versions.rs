@@ -99,3 +99,38 @@ async fn kill_9_during_the_merge_then_restart_merges_once_on_each_version() {
         second.exited(30).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_moved_after_the_merge_gate_is_not_merged() {
+    // Issue 11 pt 4: the head the merge gate validated is the one merged; a
+    // push after the gate is refused before any merge POST (and a 409
+    // "head out of date" from Gitea is not retried: tests/gitea_client.rs).
+    let w = versioned(GiteaVersion::V1_22, PlaneVersion::V1_0).await;
+    let mut d = w.start().await;
+    let db = Db::open(&w.db_path()).await.unwrap();
+    let (item, t, head) = w.parked_on_deploy(&db, 3).await;
+    sqlx::query("UPDATE tasks SET validated_sha = ? WHERE id = ?")
+        .bind(&head)
+        .bind(t.id)
+        .execute(db.writer())
+        .await
+        .unwrap();
+    let moved = w.gitea.advance_branch(REPO, "demo-3");
+    assert_eq!(w.plane.human_set_state(&item, "Confirm Deploy").await, 200);
+    until("the task holds", 60, || async {
+        task(&db, t.id).await.hold_reason.is_some()
+    })
+    .await;
+    assert_eq!(task(&db, t.id).await.stage, Stage::Deploy);
+    assert_eq!(w.merge_posts(), 0, "nothing merged");
+    assert!(!w.gitea.is_in_main(REPO, &moved));
+    until("the person is told why", 20, || async {
+        w.plane
+            .comments(&item)
+            .iter()
+            .any(|c| c.html.contains("merge gate"))
+    })
+    .await;
+    d.signal(Signal::SIGTERM);
+    d.exited(30).await;
+}
