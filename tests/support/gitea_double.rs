@@ -3,7 +3,10 @@
 //! in main" is real (`compare`), branches really go away. It can be told to
 //! answer the merge POST with 405 "Please try again later", 409, 5xx or 403,
 //! or to report `mergeable: false`; it counts the PRs created and the merge
-//! POSTs made, and can send the signed `pull_request` merged webhook.
+//! POSTs made, and can send the signed `pull_request` merged webhook. It
+//! behaves like a Gitea version (`GiteaVersion`: 1.22's `compare` takes no
+//! commit ids), names a PR's head commit (`head.sha`), can land a merge and
+//! never answer (`LandedThenHang`) and can move a branch (`advance_branch`).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
