@@ -134,3 +134,47 @@ async fn a_branch_moved_after_the_merge_gate_is_not_merged() {
     d.signal(Signal::SIGTERM);
     d.exited(30).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_under_a_tight_plane_rate_limit_loses_no_write() {
+    // The reproduction, shortened: Plane allows 5 requests per
+    // 400 ms; the daemon's budget is the same. Every status and comment
+    // lands, none while the budget is spent.
+    let w = world(
+        "deploy_command = 'true'",
+        &[
+            ("ORCH_PLANE_RATE_LIMIT_PER_MIN", "5"),
+            ("ORCH_PLANE_RATE_LIMIT_WINDOW_MS", "400"),
+        ],
+    )
+    .await;
+    w.plane
+        .set_rate_limit(5, std::time::Duration::from_millis(400));
+    let mut d = w.start().await;
+    let db = Db::open(&w.db_path()).await.unwrap();
+    let (item, t, _) = w.parked_on_deploy(&db, 4).await;
+    assert_eq!(w.plane.human_set_state(&item, "Confirm Deploy").await, 200);
+    until("Plane shows Done", 60, || async {
+        w.plane.state_of(&item) == "Done"
+    })
+    .await;
+    assert_eq!(task(&db, t.id).await.stage, Stage::Done);
+    assert_eq!(
+        w.plane.states_of(&item),
+        ["Deploying", "Monitoring after Deploy", "Done"]
+    );
+    let left: (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'failed'), 0) FROM plane_outbox",
+    )
+    .fetch_one(db.reader())
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0), "nothing left queued, nothing refused");
+    assert!(
+        !w.plane.comments(&item).is_empty(),
+        "the merge comment landed"
+    );
+    assert_eq!(w.plane.lock().throttled, 0, "no request over the budget");
+    d.signal(Signal::SIGTERM);
+    d.exited(30).await;
+}
