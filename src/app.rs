@@ -80,8 +80,10 @@ pub fn build_pipeline_with(
     workspace: crate::git::Workspace,
     notifier: Arc<dyn Notifier>,
 ) -> Pipeline {
+    let (tracker, plane_outbox) = clients::plane_outbox::tracker_with_outbox(&settings, &db);
     Pipeline {
-        tracker: clients::plane::tracker_from_settings(&settings),
+        tracker,
+        plane_outbox,
         forge: clients::gitea::forge_from_settings(&settings),
         notifier,
         engine,
@@ -256,8 +258,20 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         shutdown: stop.clone(),
         merge_gate: Default::default(),
     };
+    // Issue 11: Plane writes that had to wait are sent from here, in order
+    // per work item (its first tick sends what a previous run left queued).
+    let outbox = rt.pipeline.plane_outbox.clone();
+    if let Some(sender) = outbox.clone() {
+        supervisor.spawn_loop("plane-outbox", Duration::from_millis(50), move || {
+            let sender = sender.clone();
+            async move { sender.tick(Duration::from_secs(1)).await.map(|_| ()) }
+        });
+    }
     let mut blocks = crate::loops::start(&rt, &mut supervisor).await?;
     blocks.push(alerts);
+    if let Some(outbox) = outbox {
+        blocks.push(outbox);
+    }
     let state = AppState {
         settings: settings.clone(),
         db: db.clone(),

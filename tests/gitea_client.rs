@@ -12,7 +12,7 @@ use std::time::Duration;
 use orchestrator::clients::gitea::GiteaClient;
 use orchestrator::clients::retry::RecordingSleeper;
 use orchestrator::clients::{ClientError, Forge, ForgeRepo, MergeOutcome, PrState};
-use support::gitea_double::{GiteaDouble, MergeFault, git};
+use support::gitea_double::{GiteaDouble, GiteaVersion, MergeFault, git};
 
 const REPO: &str = "team/demo";
 
@@ -293,4 +293,66 @@ async fn delete_branch_refuses_the_default_branch_before_any_call() {
     assert!(e.gitea.rev(REPO, "demo-11").is_none(), "really deleted");
     // Already gone: still fine.
     e.client.delete_branch(&e.repo, "demo-11").await.unwrap();
+}
+
+#[tokio::test]
+async fn sha_in_main_works_on_gitea_1_22_and_1_23() {
+    // Issue 11 pt 1: Gitea 1.22 answers `compare` with a commit id 404. The
+    // answer comes from our own clone (fetch + merge-base), on every version.
+    for version in [GiteaVersion::V1_22, GiteaVersion::V1_23] {
+        let e = env(&[]).await;
+        e.gitea.set_version(version);
+        let (n, sha) = e.open_pr("demo-30").await;
+        // The clone knows the head (the deploy effect fetched it).
+        git(
+            &e.repo.local_clone,
+            &["fetch", "--quiet", "origin", "demo-30"],
+        );
+        assert!(
+            !e.client.sha_in_main(&e.repo, &sha).await.unwrap(),
+            "{version:?}"
+        );
+        let out = e.client.merge_pr(&e.repo, n, &sha).await.unwrap();
+        assert!(matches!(out, MergeOutcome::Merged { .. }), "{out:?}");
+        assert!(
+            e.client.sha_in_main(&e.repo, &sha).await.unwrap(),
+            "{version:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_404_from_compare_is_not_a_no() {
+    // Without a clone that can tell, 1.22's 404 is "cannot tell", never
+    // "not in main" (which would let a landed merge be tried again).
+    let mut e = env(&[]).await;
+    e.gitea.set_version(GiteaVersion::V1_22);
+    let (n, sha) = e.open_pr("demo-31").await;
+    assert!(matches!(
+        e.client.merge_pr(&e.repo, n, &sha).await.unwrap(),
+        MergeOutcome::Merged { .. }
+    ));
+    e.repo.local_clone = e._dir.path().join("no-clone");
+    let r = e.client.sha_in_main(&e.repo, &sha).await;
+    assert!(matches!(r, Err(ClientError::Unavailable { .. })), "{r:?}");
+    e.gitea.set_version(GiteaVersion::V1_23);
+    assert!(
+        e.client.sha_in_main(&e.repo, &sha).await.unwrap(),
+        "1.23 compares commit ids"
+    );
+}
+
+#[tokio::test]
+async fn a_409_head_out_of_date_is_not_retried() {
+    // Issue 11 pt 4: someone pushed to the branch after we read its head.
+    // Gitea answers 409; the PR's head is another commit now. Retrying the
+    // same head can never succeed: one POST, `HeadMoved` with the new head.
+    let e = env(&[]).await;
+    let (n, sha) = e.open_pr("demo-32").await;
+    let moved = e.gitea.advance_branch(REPO, "demo-32");
+    let out = e.client.merge_pr(&e.repo, n, &sha).await.unwrap();
+    assert_eq!(out, MergeOutcome::HeadMoved { head: moved });
+    assert_eq!(e.posts(), 1, "not retried");
+    assert!(e.waits().is_empty());
+    assert!(!e.gitea.is_in_main(REPO, &sha));
 }

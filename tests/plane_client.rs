@@ -12,7 +12,7 @@ use std::time::Duration;
 use orchestrator::clients::plane::{PlaneClient, PlanePolicy};
 use orchestrator::clients::retry::RecordingSleeper;
 use orchestrator::clients::{ClientError, Tracker, TrackerRef};
-use support::plane_double::{BOT_ID, Comment, Fault, HUMAN_ID, PlaneDouble};
+use support::plane_double::{BOT_ID, Comment, Fault, HUMAN_ID, PlaneDouble, PlaneVersion};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -221,17 +221,23 @@ async fn bot_user_id_comes_from_users_me_or_the_setting() {
 }
 
 #[tokio::test]
-async fn rate_limits_wait_for_the_reset() {
+async fn a_429_waits_for_its_retry_after() {
+    // Plane's 429 carries `Retry-After` and nothing else (issue 11 pt 2):
+    // the client waits that long before ANY request, then goes on.
     let e = env(&[]).await;
-    e.plane.push_fault(Fault::RateLimited { reset_in_s: 7 });
+    e.plane.push_fault(Fault::RateLimited { retry_after_s: 1 });
     e.client.set_status(&e.item, "in_progress").await.unwrap();
-    let waits = e.sleeper.waits();
-    assert_eq!(waits.len(), 1, "{waits:?}");
-    assert!(
-        waits[0] >= Duration::from_secs(5) && waits[0] <= Duration::from_secs(7),
-        "waited for X-RateLimit-Reset: {waits:?}"
-    );
     assert_eq!(e.plane.state_of(&e.item.issue_id), "In Progress");
+    let t = e.plane.lock().timeline.clone();
+    let throttled = t.iter().position(|(_, _, _, s)| *s == 429).unwrap();
+    let (at, ..) = t[throttled];
+    let (next, ..) = t[throttled + 1];
+    assert!(
+        next.duration_since(at) >= Duration::from_secs(1),
+        "the next request waited for Retry-After: {:?}",
+        next.duration_since(at)
+    );
+    assert!(e.sleeper.waits().is_empty(), "no backoff guess instead");
 }
 
 #[tokio::test]
@@ -335,4 +341,37 @@ async fn an_allowlisted_sandbox_project_is_writable_and_an_unresolved_one_never(
     let r = e.client.add_comment(&unresolved, "k", "x").await;
     assert!(matches!(r, Err(ClientError::Blocked(_))), "{r:?}");
     assert_eq!(e.plane.requests().len(), before);
+}
+
+#[tokio::test]
+async fn every_call_works_on_plane_1_0_and_1_3() {
+    // Issue 11 pt 3: `work-items/` exists only from Plane v1.1.0; the
+    // `issues/` paths are served by every version we support.
+    for version in [PlaneVersion::V1_0, PlaneVersion::V1_3] {
+        let e = env(&[]).await;
+        e.plane.set_version(version);
+        e.client.set_status(&e.item, "in_progress").await.unwrap();
+        assert_eq!(
+            e.client.current_status(&e.item).await.unwrap().as_deref(),
+            Some("in_progress"),
+            "{version:?}"
+        );
+        e.client
+            .add_comment(&e.item, "k1", "<p>hi</p>")
+            .await
+            .unwrap();
+        assert_eq!(e.plane.comments(&e.item.issue_id).len(), 1, "{version:?}");
+        assert_eq!(
+            e.client.latest_comment(&e.item).await.unwrap(),
+            None,
+            "our own comment is not a person's"
+        );
+        assert!(
+            e.plane
+                .requests()
+                .iter()
+                .all(|(_, p)| !p.contains("/work-items/")),
+            "{version:?}"
+        );
+    }
 }

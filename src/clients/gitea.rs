@@ -63,6 +63,9 @@ pub struct GiteaClient {
 /// How one merge POST ended.
 enum Attempt {
     Merged,
+    /// 409 "head out of date": the PR's head is no longer the commit we
+    /// asked to merge. Not transient: the same head never merges.
+    HeadMoved(String),
     Transient(String),
     Terminal(String),
 }
@@ -222,6 +225,73 @@ impl GiteaClient {
         }
     }
 
+    /// Fetch the default branch into the local clone, then
+    /// `merge-base --is-ancestor <sha> origin/<default>`. `None` when git
+    /// cannot tell: never a "no" that is really "I do not know".
+    async fn sha_in_main_by_git(&self, repo: &ForgeRepo, sha: &str) -> Option<bool> {
+        let dir = repo.local_clone.as_path();
+        if !is_hex_sha(sha) || !dir.join(".git").exists() && !dir.join("HEAD").exists() {
+            return None;
+        }
+        let main = &repo.default_branch;
+        let refspec = format!("+refs/heads/{main}:refs/remotes/origin/{main}");
+        if git(
+            dir,
+            &["fetch", "--quiet", "origin", &refspec],
+            self.git_timeout,
+        )
+        .await
+            != Some(0)
+        {
+            tracing::warn!(repo = %repo.full_name, "fetch of the default branch failed; asking the forge");
+            return None;
+        }
+        let commit = format!("{sha}^{{commit}}");
+        if git(dir, &["cat-file", "-e", &commit], self.git_timeout).await != Some(0) {
+            return None;
+        }
+        let theirs = format!("refs/remotes/origin/{main}");
+        match git(
+            dir,
+            &["merge-base", "--is-ancestor", sha, &theirs],
+            self.git_timeout,
+        )
+        .await
+        {
+            Some(0) => Some(true),
+            Some(1) => Some(false),
+            _ => None,
+        }
+    }
+
+    /// `compare <default>...<sha>`: the commits of `sha` not in the default
+    /// branch; none means it is in main. Gitea accepts a commit id here only
+    /// from 1.23.0 (go-gitea/gitea#32801): a 404 from 1.22 says nothing about
+    /// the commit, so it is an error, never `false`.
+    async fn sha_in_main_by_compare(
+        &self,
+        repo: &ForgeRepo,
+        sha: &str,
+    ) -> Result<bool, ClientError> {
+        let basehead = format!("{}...{sha}", repo.default_branch);
+        let url = self.url(repo, &["compare", &basehead])?;
+        let (status, v) = self.call_checked(Method::GET, url, None).await?;
+        match status {
+            s if s.is_success() => v
+                .get("total_commits")
+                .and_then(Value::as_u64)
+                .map(|n| n == 0)
+                .ok_or_else(|| rejected(s, &v)),
+            StatusCode::NOT_FOUND => Err(ClientError::Unavailable {
+                service: SERVICE,
+                detail: format!(
+                    "compare {basehead} answered 404 (Gitea before 1.23 takes no commit id there) and the local clone cannot tell"
+                ),
+            }),
+            s => Err(rejected(s, &v)),
+        }
+    }
+
     async fn merge_once(&self, repo: &ForgeRepo, number: u64, head_sha: &str) -> Attempt {
         let n = number.to_string();
         let url = match self.url(repo, &["pulls", &n, "merge"]) {
@@ -248,6 +318,17 @@ impl GiteaClient {
             405 | 409 | 422 => match self.get_pr(repo, number).await {
                 Ok(pr) if pr.get("merged").and_then(Value::as_bool) == Some(true) => {
                     Attempt::Merged
+                }
+                Ok(pr)
+                    if status == StatusCode::CONFLICT
+                        && !head_sha.is_empty()
+                        && pr
+                            .pointer("/head/sha")
+                            .and_then(Value::as_str)
+                            .is_some_and(|now| !now.is_empty() && now != head_sha) =>
+                {
+                    let now = pr.pointer("/head/sha").and_then(Value::as_str);
+                    Attempt::HeadMoved(now.unwrap_or_default().to_string())
                 }
                 Ok(pr)
                     if status.as_u16() != 405
@@ -346,6 +427,10 @@ impl Forge for GiteaClient {
                     tracing::info!(repo = %repo.full_name, pr = number, attempt, %sha, "PR merged");
                     return Ok(MergeOutcome::Merged { sha });
                 }
+                Attempt::HeadMoved(now) => {
+                    tracing::warn!(repo = %repo.full_name, pr = number, attempt, ours = head_sha, theirs = %now, "merge refused: the PR head moved");
+                    return Ok(MergeOutcome::HeadMoved { head: now });
+                }
                 Attempt::Terminal(reason) => {
                     tracing::warn!(repo = %repo.full_name, pr = number, attempt, %reason, "merge refused");
                     return Ok(MergeOutcome::NotMerged { reason });
@@ -366,20 +451,49 @@ impl Forge for GiteaClient {
     }
 
     async fn sha_in_main(&self, repo: &ForgeRepo, sha: &str) -> Result<bool, ClientError> {
-        // compare <default>...<sha>: the commits of `sha` not in the default
-        // branch; none means it is in main. 404: Gitea does not know it.
-        let basehead = format!("{}...{sha}", repo.default_branch);
-        let url = self.url(repo, &["compare", &basehead])?;
-        let (status, v) = self.call_checked(Method::GET, url, None).await?;
-        match status {
-            s if s.is_success() => v
-                .get("total_commits")
-                .and_then(Value::as_u64)
-                .map(|n| n == 0)
-                .ok_or_else(|| rejected(s, &v)),
-            StatusCode::NOT_FOUND => Ok(false),
-            s => Err(rejected(s, &v)),
+        // Our own clone first: it works on every Gitea version (issue 11
+        // pt 1). Only when git cannot tell (no clone, fetch failed, the
+        // commit is not in the clone) is the forge asked.
+        if let Some(known) = self.sha_in_main_by_git(repo, sha).await {
+            return Ok(known);
         }
+        self.sha_in_main_by_compare(repo, sha).await
+    }
+
+    async fn merged_pr_of(
+        &self,
+        repo: &ForgeRepo,
+        branch: &str,
+    ) -> Result<Option<Value>, ClientError> {
+        // Recently updated closed PRs first: a merge the poll looks for is
+        // recent. A few pages bound the cost of one reconciler pass.
+        for page in 1..=3u32 {
+            let mut url = self.url(repo, &["pulls"])?;
+            url.query_pairs_mut()
+                .append_pair("state", "closed")
+                .append_pair("sort", "recentupdate")
+                .append_pair("limit", "50")
+                .append_pair("page", &page.to_string());
+            let (status, v) = self.call_checked(Method::GET, url, None).await?;
+            if !status.is_success() {
+                return Err(rejected(status, &v));
+            }
+            let Some(list) = v.as_array() else {
+                return Ok(None);
+            };
+            let hit = list.iter().find(|p| {
+                p.get("merged").and_then(Value::as_bool) == Some(true)
+                    && p.pointer("/head/ref").and_then(Value::as_str) == Some(branch)
+                    && p.pointer("/base/ref").and_then(Value::as_str) == Some(&repo.default_branch)
+            });
+            if let Some(p) = hit {
+                return Ok(Some(p.clone()));
+            }
+            if list.len() < 50 {
+                return Ok(None);
+            }
+        }
+        Ok(None)
     }
 
     async fn delete_branch(&self, repo: &ForgeRepo, branch: &str) -> Result<(), ClientError> {
@@ -423,6 +537,10 @@ async fn git(dir: &Path, args: &[&str], timeout: Duration) -> Option<i32> {
         tracing::debug!(dir = %dir.display(), ?args, stderr = %String::from_utf8_lossy(&out.stderr), "git failed");
     }
     out.status.code()
+}
+
+fn is_hex_sha(s: &str) -> bool {
+    (7..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn snippet(s: &str) -> String {

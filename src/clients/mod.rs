@@ -4,6 +4,8 @@
 
 pub mod gitea;
 pub mod plane;
+pub mod plane_outbox;
+pub mod rate_limit;
 pub mod retry;
 pub mod write_guard;
 
@@ -110,6 +112,11 @@ pub enum MergeOutcome {
     NotMerged {
         reason: String,
     },
+    /// 409 "head out of date": the branch moved past the head we asked to
+    /// merge (issue 11 pt 4). The new head was never through the merge gate.
+    HeadMoved {
+        head: String,
+    },
 }
 
 /// F-07: what the pipeline needs from the forge.
@@ -132,4 +139,14 @@ pub trait Forge: Send + Sync {
     async fn sha_in_main(&self, repo: &ForgeRepo, sha: &str) -> Result<bool, ClientError>;
     /// Delete a feature branch; refuses the default branch before any call.
     async fn delete_branch(&self, repo: &ForgeRepo, branch: &str) -> Result<(), ClientError>;
+    /// The merged PR of `branch` into the default branch, as the forge's
+    /// API renders a PR (the `pull_request` object of its webhook), if any:
+    /// the reconciler's poll for a merge whose webhook was lost (F-16).
+    async fn merged_pr_of(
+        &self,
+        _repo: &ForgeRepo,
+        _branch: &str,
+    ) -> Result<Option<serde_json::Value>, ClientError> {
+        Ok(None)
+    }
 }

@@ -2,9 +2,16 @@
 //!
 //! REST API v1 under `<base>/api/v1/`, `X-API-Key` auth. Status keys are
 //! resolved to the project's state ids through the API (cached per project,
-//! refreshed once on a miss). Every request is retried on 429 (waiting for
-//! `X-RateLimit-Reset`), 5xx and timeouts, a bounded number of times. Every
-//! write passes the write guard first, before any network step.
+//! refreshed once on a miss). Every request takes a slot of the one shared
+//! [`RateLimiter`] first (issue 11 pt 2); a 429 pauses every caller for its
+//! `Retry-After` (Django REST framework's throttle sends only that header on
+//! a 429; `X-RateLimit-*` ride on allowed answers). 5xx and timeouts are
+//! retried a bounded number of times. Every write passes the write guard
+//! first, before any network step.
+//!
+//! Paths (issue 11 pt 3): work items are addressed as `.../issues/...`,
+//! which every Plane from v0.28 to v1.3.1 serves; `.../work-items/...`
+//! exists only from v1.1.0, so using it would lose every Plane before that.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,12 +21,16 @@ use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use super::rate_limit::RateLimiter;
 use super::retry::{Sleeper, TokioSleeper, backoff};
 use super::write_guard::WriteGuard;
 use super::{ClientError, Tracker, TrackerRef};
 use crate::config::{PlaneStatuses, Secret, Settings};
 
 const SERVICE: &str = "plane";
+/// The detail of the `Unavailable` a `Pace::NoWait` request gets when the
+/// budget is spent.
+pub const RATE_BUDGET_SPENT: &str = "the Plane rate budget is spent";
 /// The `external_source` of every comment we write: the idempotency key's
 /// namespace, and how we tell our comments from people's.
 pub const EXTERNAL_SOURCE: &str = "orchestrator";
@@ -38,6 +49,17 @@ pub struct PlanePolicy {
     /// Page size of list calls, and how many pages at most.
     pub per_page: u32,
     pub max_pages: u32,
+}
+
+/// Whether a request may wait for the rate budget. The outbox's direct
+/// attempt must not (it queues instead); reads and the outbox sender do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Wait for a slot; honour `Retry-After`; retry within `max_attempts`.
+    Wait,
+    /// One attempt if a slot is free now; otherwise, or on a 429, 5xx or
+    /// network error, `Unavailable` at once so the caller can queue it.
+    NoWait,
 }
 
 impl Default for PlanePolicy {
@@ -85,6 +107,7 @@ pub struct PlaneClient {
     states: Mutex<HashMap<String, Vec<State>>>,
     policy: PlanePolicy,
     sleeper: Arc<dyn Sleeper>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl PlaneClient {
@@ -106,6 +129,10 @@ impl PlaneClient {
             .build()
             .map_err(|e| ClientError::Config(format!("building the Plane HTTP client: {e}")))?;
         let bot = settings.plane_bot_user_id.trim();
+        let limiter = Arc::new(RateLimiter::new(
+            u32::try_from(settings.plane_rate_limit_per_min).unwrap_or(u32::MAX),
+            Duration::from_millis(settings.plane_rate_limit_window_ms),
+        ));
         Ok(Self {
             http,
             api: format!("{base}/api/v1"),
@@ -118,7 +145,18 @@ impl PlaneClient {
             states: Mutex::new(HashMap::new()),
             policy,
             sleeper,
+            limiter,
         })
+    }
+
+    /// The write guard every write passes (F-04).
+    pub fn guard(&self) -> &WriteGuard {
+        &self.guard
+    }
+
+    /// The budget every request of this client takes a slot of.
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
     }
 
     fn project_path(&self, project_id: &str) -> String {
@@ -130,7 +168,7 @@ impl PlaneClient {
 
     fn item_path(&self, item: &TrackerRef) -> String {
         format!(
-            "{}/work-items/{}",
+            "{}/issues/{}",
             self.project_path(&item.tracker_project_id),
             item.issue_id
         )
@@ -145,8 +183,34 @@ impl PlaneClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), ClientError> {
+        self.send_paced(method, url, query, body, Pace::Wait).await
+    }
+
+    async fn send_paced(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        pace: Pace,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let unavailable = |detail: String| ClientError::Unavailable {
+            service: SERVICE,
+            detail: format!("{method} {url}: {detail}"),
+        };
+        let attempts = match pace {
+            Pace::Wait => self.policy.max_attempts.max(1),
+            Pace::NoWait => 1,
+        };
         let mut last = String::new();
-        for attempt in 1..=self.policy.max_attempts.max(1) {
+        for attempt in 1..=attempts {
+            let permit = match pace {
+                Pace::Wait => self.limiter.acquire().await,
+                Pace::NoWait => match self.limiter.try_acquire() {
+                    Some(p) => p,
+                    None => return Err(unavailable(RATE_BUDGET_SPENT.into())),
+                },
+            };
             let mut req = self
                 .http
                 .request(method.clone(), url)
@@ -155,19 +219,20 @@ impl PlaneClient {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let wait = match req.send().await {
+            let answer = req.send().await;
+            let wait = match answer {
                 Ok(resp) => {
                     let status = resp.status();
-                    let reset = resp
-                        .headers()
-                        .get("x-ratelimit-reset")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<f64>().ok());
-                    match resp.bytes().await {
-                        Ok(bytes) if status == StatusCode::TOO_MANY_REQUESTS => {
+                    let headers = resp.headers().clone();
+                    let bytes = resp.bytes().await;
+                    drop(permit);
+                    self.learn_budget(status, &headers);
+                    match bytes {
+                        Ok(_) if status == StatusCode::TOO_MANY_REQUESTS => {
                             last = "429 Too Many Requests".into();
-                            let _ = bytes;
-                            self.rate_limit_wait(reset, attempt)
+                            // The pause is on the limiter: the next
+                            // acquire (of any caller) waits it out.
+                            Duration::ZERO
                         }
                         Ok(bytes) if status.is_server_error() => {
                             last = format!("{status}: {}", snippet(&bytes));
@@ -184,40 +249,50 @@ impl PlaneClient {
                     }
                 }
                 Err(e) => {
+                    drop(permit);
                     last = e.to_string();
                     backoff(attempt, self.policy.backoff_base, self.policy.backoff_max)
                 }
             };
-            if attempt < self.policy.max_attempts {
+            if attempt < attempts && !wait.is_zero() {
                 tracing::debug!(%method, url, attempt, error = %last, wait_ms = wait.as_millis() as u64, "plane request retried");
                 self.sleeper.sleep(wait).await;
             }
         }
-        Err(ClientError::Unavailable {
-            service: SERVICE,
-            detail: format!(
-                "{method} {url}: {last} (after {} attempts)",
-                self.policy.max_attempts
-            ),
-        })
+        Err(unavailable(format!("{last} (after {attempts} attempts)")))
     }
 
-    /// `X-RateLimit-Reset` is an epoch time in seconds (or, from some
-    /// proxies, seconds to wait); no header falls back to backoff.
-    fn rate_limit_wait(&self, reset: Option<f64>, attempt: u32) -> Duration {
-        let Some(reset) = reset.filter(|r| r.is_finite() && *r >= 0.0) else {
-            return backoff(attempt, self.policy.backoff_base, self.policy.backoff_max);
-        };
-        let secs = if reset > 1_000_000_000.0 {
+    /// What an answer says about the budget: a 429's `Retry-After`
+    /// (seconds, or an HTTP date), or an allowed answer's
+    /// `X-RateLimit-Remaining: 0` with its `X-RateLimit-Reset` (epoch
+    /// seconds). Both pause every caller; a missing header on a 429 pauses
+    /// for the policy's backoff base.
+    fn learn_budget(&self, status: StatusCode, h: &reqwest::header::HeaderMap) {
+        let text = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
+        let cap = self.policy.max_rate_limit_wait;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait = text("retry-after")
+                .and_then(retry_after)
+                .unwrap_or(self.policy.backoff_base);
+            tracing::warn!(
+                wait_ms = wait.min(cap).as_millis() as u64,
+                "plane answered 429: every request waits"
+            );
+            self.limiter.pause_for(wait.min(cap));
+            return;
+        }
+        let spent = text("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok()) == Some(0);
+        if spent
+            && let Some(reset) = text("x-ratelimit-reset").and_then(|v| v.parse::<f64>().ok())
+            && reset.is_finite()
+        {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0);
-            (reset - now).max(0.0)
-        } else {
-            reset
-        };
-        Duration::from_secs_f64(secs.min(self.policy.max_rate_limit_wait.as_secs_f64()))
+            let secs = (reset - now).clamp(0.0, cap.as_secs_f64());
+            self.limiter.pause_for(Duration::from_secs_f64(secs));
+        }
     }
 
     /// Every result of a paginated list (`results` + `next_cursor`); a bare
@@ -345,14 +420,25 @@ impl PlaneClient {
     }
 }
 
-#[async_trait]
-impl Tracker for PlaneClient {
-    async fn set_status(&self, item: &TrackerRef, status_key: &str) -> Result<(), ClientError> {
+impl PlaneClient {
+    /// `set_status` at a pace: the outbox's direct attempt does not wait.
+    pub async fn set_status_paced(
+        &self,
+        item: &TrackerRef,
+        status_key: &str,
+        pace: Pace,
+    ) -> Result<(), ClientError> {
         self.guard.check(item, "set_status")?;
         let state = self.state_id(&item.tracker_project_id, status_key).await?;
         let url = format!("{}/", self.item_path(item));
         let (status, v) = self
-            .send(Method::PATCH, &url, &[], Some(&json!({ "state": state })))
+            .send_paced(
+                Method::PATCH,
+                &url,
+                &[],
+                Some(&json!({ "state": state })),
+                pace,
+            )
             .await?;
         if status.is_success() {
             tracing::info!(work_item = %item.work_item, status = status_key, "plane status set");
@@ -368,26 +454,47 @@ impl Tracker for PlaneClient {
         Err(rejected(status, &v))
     }
 
-    async fn add_comment(
+    /// `add_comment` at a pace. `external_id` is sent as given.
+    pub async fn add_comment_paced(
         &self,
         item: &TrackerRef,
-        idempotency_key: &str,
+        external_id: &str,
         html: &str,
+        pace: Pace,
     ) -> Result<(), ClientError> {
         self.guard.check(item, "add_comment")?;
         let url = format!("{}/comments/", self.item_path(item));
         let body = json!({
             "comment_html": html,
             "external_source": EXTERNAL_SOURCE,
-            "external_id": idempotency_key,
+            "external_id": external_id,
         });
-        let (status, v) = self.send(Method::POST, &url, &[], Some(&body)).await?;
+        let (status, v) = self
+            .send_paced(Method::POST, &url, &[], Some(&body), pace)
+            .await?;
         match status {
             s if s.is_success() => Ok(()),
             // That external id is already there: the comment exists.
             StatusCode::CONFLICT => Ok(()),
             s => Err(rejected(s, &v)),
         }
+    }
+}
+
+#[async_trait]
+impl Tracker for PlaneClient {
+    async fn set_status(&self, item: &TrackerRef, status_key: &str) -> Result<(), ClientError> {
+        self.set_status_paced(item, status_key, Pace::Wait).await
+    }
+
+    async fn add_comment(
+        &self,
+        item: &TrackerRef,
+        idempotency_key: &str,
+        html: &str,
+    ) -> Result<(), ClientError> {
+        self.add_comment_paced(item, idempotency_key, html, Pace::Wait)
+            .await
     }
 
     async fn latest_comment(&self, item: &TrackerRef) -> Result<Option<String>, ClientError> {
@@ -456,13 +563,23 @@ impl Tracker for PlaneClient {
     }
 }
 
+/// Plane renders times in the API user's timezone (`+02:00`, not only
+/// `Z`; issue 11 pt 5): any RFC 3339 offset, through chrono.
 fn created_at(c: &Value) -> Option<SystemTime> {
     let s = c.get("created_at")?.as_str()?.trim();
-    let s = s
-        .strip_suffix("+00:00")
-        .map(|x| format!("{x}Z"))
-        .unwrap_or_else(|| s.to_string());
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// The wait a 429's `Retry-After` asks for: delta seconds (DRF sends an
+/// integer) or an HTTP date.
+fn retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    SystemTime::from(at).duration_since(SystemTime::now()).ok()
 }
 
 fn snippet(bytes: &[u8]) -> String {
@@ -538,5 +655,21 @@ mod tests {
         assert!(t("2026-11-20T10:01:00.123456+00:00").is_some());
         assert!(t("2026-11-20T10:01:00Z") < t("2026-11-20T10:01:00.5Z"));
         assert!(t("garbage").is_none());
+        // The API user's timezone: the same instant in two offsets.
+        assert_eq!(
+            t("2026-11-20T12:01:00.000+02:00"),
+            t("2026-11-20T10:01:00Z")
+        );
+        assert!(t("2026-11-20T11:00:00-05:00") > t("2026-11-20T12:00:00+00:00"));
+    }
+
+    #[test]
+    fn retry_after_in_both_forms() {
+        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after("soon"), None);
+        let later = chrono::Utc::now() + chrono::Duration::seconds(30);
+        let d = retry_after(&later.to_rfc2822()).unwrap();
+        assert!(d > Duration::from_secs(20) && d <= Duration::from_secs(30));
     }
 }

@@ -293,6 +293,10 @@ impl<'a> Fields<'a> {
             plane_write_mode: self.or_default("plane_write_mode", d.plane_write_mode),
             plane_sandbox_projects,
             plane_bot_user_id: self.or_default("plane_bot_user_id", d.plane_bot_user_id.clone()),
+            plane_rate_limit_per_min: self
+                .positive("plane_rate_limit_per_min", d.plane_rate_limit_per_min),
+            plane_rate_limit_window_ms: self
+                .positive("plane_rate_limit_window_ms", d.plane_rate_limit_window_ms),
             gitea_base_url: self.or_default("gitea_base_url", d.gitea_base_url.clone()),
             gitea_token: self.secret("gitea_token"),
             gitea_webhook_secret: self.secret("gitea_webhook_secret"),

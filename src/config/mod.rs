@@ -257,6 +257,13 @@ pub struct Settings {
     /// Our bot's Plane user id; empty = asked from `GET /api/v1/users/me/`.
     /// Webhooks whose actor is this user are echoes of our own writes.
     pub plane_bot_user_id: String,
+    /// Issue 11 pt 2: the daemon's own budget of Plane requests, shared by
+    /// every caller (Plane's default API-key limit is 60 a minute). A write
+    /// that finds it spent is queued durably (`plane_outbox`) and sent later.
+    pub plane_rate_limit_per_min: u64,
+    /// The window of that budget, 60 000 ms unless a test shortens it (the
+    /// budget is `plane_rate_limit_per_min` requests per window).
+    pub plane_rate_limit_window_ms: u64,
     pub gitea_base_url: String,
     pub gitea_token: Secret,
     pub gitea_webhook_secret: Secret,
@@ -339,6 +346,8 @@ impl Default for Settings {
             plane_write_mode: PlaneWriteMode::Live,
             plane_sandbox_projects: Vec::new(),
             plane_bot_user_id: String::new(),
+            plane_rate_limit_per_min: 60,
+            plane_rate_limit_window_ms: 60_000,
             gitea_base_url: String::new(),
             gitea_token: Secret::default(),
             gitea_webhook_secret: Secret::default(),

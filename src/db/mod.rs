@@ -12,6 +12,7 @@ pub mod history;
 pub mod jobs;
 pub mod leases;
 pub mod merge_lease;
+pub mod outbox;
 pub mod runs;
 pub mod tasks;
 

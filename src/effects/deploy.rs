@@ -320,6 +320,15 @@ impl Effect for MergePr {
             .await
             .map_err(|e| failed("reading the branch head", e))?
             .ok_or_else(|| EffectError::Failed(format!("origin/{branch} names no commit")))?;
+        // Issue 11 pt 4: only the head the merge gate validated is merged.
+        // A branch that moved since then carries commits no gate saw.
+        if let Some(validated) = ctx.task.validated_sha.as_deref()
+            && validated != head
+        {
+            return Err(EffectError::Failed(format!(
+                "{branch} moved from {validated} to {head} after the merge gate; {HEAD_MOVED}"
+            )));
+        }
         write_durably(&self.head_file(ctx), &head)
             .await
             .map_err(|e| failed("recording the branch head", e))?;
@@ -394,6 +403,14 @@ impl MergePr {
                 Ok(sha)
             }
             (_, Ok(true)) => Ok(self.landed_as(dir, project, head).await),
+            // Issue 11 pt 4: someone pushed to the branch after the merge
+            // gate validated it; merging the new head would ship commits no
+            // gate saw. Never reached main: `Failed`, the task holds.
+            (Ok(MergeOutcome::HeadMoved { head: now }), Ok(false)) => {
+                Err(EffectError::Failed(format!(
+                    "PR #{number} not merged: {branch} moved from {head} to {now} after the merge gate; {HEAD_MOVED}"
+                )))
+            }
             (Ok(MergeOutcome::NotMerged { reason }), Ok(false)) => Err(EffectError::Failed(
                 format!("PR #{number} not merged: {reason}"),
             )),
@@ -413,6 +430,11 @@ impl MergePr {
 // ---------------------------------------------------------------------------
 // prod_deploy
 // ---------------------------------------------------------------------------
+
+/// The tail of a merge refused because the branch moved after the merge
+/// gate (issue 11 pt 4): what the person must do.
+pub const HEAD_MOVED: &str =
+    "nothing was merged: the new head must pass the merge gate before it can ship";
 
 pub struct ProdDeploy(pub DeployDeps);
 

@@ -2,6 +2,7 @@
 //! interval (`shutdown::Supervisor`), never panicking per tick.
 
 pub mod finalizer;
+pub mod forge_poll;
 pub mod post_deploy;
 pub mod reaper;
 pub mod reconciler;

@@ -9,7 +9,9 @@
 //!   lease left → run the cancel cascade again (`Pipeline::sweep_cancels`);
 //! - the tracker (`tracker_poll`): a person's status whose webhook never
 //!   came → handle it; one of our statuses that disagrees with the stage →
-//!   set the stage's status again (`status_resynced`).
+//!   set the stage's status again (`status_resynced`);
+//! - the forge (`forge_poll`, issue 11): a merged PR whose webhook never
+//!   came → stored as that delivery for the intake to act on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -33,6 +35,8 @@ pub struct ReconcilerStats {
     pub deferred: AtomicU64,
     /// The tracker poll for status changes whose webhook never came.
     pub poll: super::tracker_poll::PollStats,
+    /// The forge poll for merged PRs whose webhook never came.
+    pub forge: super::forge_poll::ForgePollStats,
 }
 
 #[async_trait]
@@ -49,6 +53,7 @@ impl StatusBlock for ReconcilerStats {
             "deferred_on_lease": self.deferred.load(Ordering::Relaxed),
             "status_resynced": self.poll.resynced.load(Ordering::Relaxed),
             "tracker_poll": self.poll.snapshot(),
+            "forge_poll": self.forge.snapshot(),
         })
     }
 }
@@ -62,6 +67,8 @@ pub async fn tick(rt: &Runtime, stats: &Arc<ReconcilerStats>) -> anyhow::Result<
     rt.pipeline.sweep_cancels().await?;
     // A person's input whose webhook never came (F-16).
     super::tracker_poll::tick(rt, &stats.poll).await?;
+    // A merged PR whose webhook never came (F-16, issue 11).
+    super::forge_poll::tick(rt, &stats.forge).await?;
     // Finished job, stage not advanced.
     let sql = format!(
         "SELECT t.* FROM tasks t

@@ -25,6 +25,9 @@ pub struct Pipeline {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub tracker: Arc<dyn Tracker>,
+    /// The queue behind `tracker` when it is Plane (issue 11): its sender
+    /// loop and `/queue` block. `None` for a tracker that never waits.
+    pub plane_outbox: Option<Arc<crate::clients::plane_outbox::PlaneOutbox>>,
     pub forge: Arc<dyn Forge>,
     pub notifier: Arc<dyn Notifier>,
     /// Task worktrees; STOP removes them (F-25). Share the runtime's

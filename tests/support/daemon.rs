@@ -251,6 +251,49 @@ impl World {
             .unwrap()
     }
 
+    /// Make the daemon's database refuse to store deliveries for a while
+    /// (the table is away): the intake answers 503 meanwhile. `false` puts
+    /// it back.
+    pub async fn deliveries_unavailable(&self, db: &Db, away: bool) {
+        let sql = if away {
+            "ALTER TABLE webhook_deliveries RENAME TO webhook_deliveries_away"
+        } else {
+            "ALTER TABLE webhook_deliveries_away RENAME TO webhook_deliveries"
+        };
+        sqlx::query(sql).execute(db.writer()).await.unwrap();
+    }
+
+    /// A PR of the task branch `demo-<seq>`, merged into main for real by a
+    /// person (outside the daemon); its number.
+    pub fn person_merges(&self, seq: i64) -> u64 {
+        let work = self.dir.path().join(format!("person-{seq}"));
+        self.gitea.clone_to(REPO, &work);
+        let branch = format!("demo-{seq}");
+        self.gitea
+            .push_commit(&work, &branch, "person.txt", &format!("{seq}\n"));
+        git(&work, &["checkout", "--quiet", "main"]);
+        git(
+            &work,
+            &["merge", "--quiet", "--no-ff", "-m", "merge", &branch],
+        );
+        git(&work, &["push", "--quiet", "origin", "main"]);
+        let sha = git(&work, &["rev-parse", "HEAD"]);
+        let mut s = self.gitea.lock();
+        let pulls = &mut s.repos.get_mut(REPO).unwrap().pulls;
+        let number = pulls.len() as u64 + 1;
+        pulls.push(super::gitea_double::Pull {
+            number,
+            head: branch,
+            base: "main".into(),
+            title: format!("DEMO-{seq}: Item {seq}"),
+            open: false,
+            merged: true,
+            merge_commit_sha: Some(sha),
+            unmergeable: false,
+        });
+        number
+    }
+
     pub fn merge_posts(&self) -> u32 {
         self.gitea.lock().merge_posts
     }

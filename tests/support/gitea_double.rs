@@ -3,7 +3,10 @@
 //! in main" is real (`compare`), branches really go away. It can be told to
 //! answer the merge POST with 405 "Please try again later", 409, 5xx or 403,
 //! or to report `mergeable: false`; it counts the PRs created and the merge
-//! POSTs made, and can send the signed `pull_request` merged webhook.
+//! POSTs made, and can send the signed `pull_request` merged webhook. It
+//! behaves like a Gitea version (`GiteaVersion`: 1.22's `compare` takes no
+//! commit ids), names a PR's head commit (`head.sha`), can land a merge and
+//! never answer (`LandedThenHang`) and can move a branch (`advance_branch`).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -35,6 +38,19 @@ pub enum MergeFault {
     NotMergeable,
     /// The merge lands, then the answer is lost (a proxy's 502).
     LandedAnswerLost,
+    /// The merge lands, then the answer never comes (the test kills the
+    /// daemon while it waits: kill -9 during the merge).
+    LandedThenHang,
+}
+
+/// Which Gitea the double behaves like (issue 11). 1.22 answers `compare`
+/// only for branch and tag names (a commit id gets 404); 1.23.0 takes commit
+/// ids too (go-gitea/gitea#32801).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GiteaVersion {
+    V1_22,
+    #[default]
+    V1_23,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +81,7 @@ pub struct GiteaState {
     pub pr_creates: u32,
     pub requests: Vec<(String, String)>,
     pub webhook: Option<(String, String)>,
+    pub version: GiteaVersion,
 }
 
 #[derive(Clone)]
@@ -213,6 +230,34 @@ impl GiteaDouble {
         self.lock().repos[full_name].pulls.clone()
     }
 
+    pub fn set_version(&self, v: GiteaVersion) {
+        self.lock().version = v;
+    }
+
+    /// Move a branch of the bare repository to a new commit on top of it
+    /// (someone pushed while we were merging); the new head.
+    pub fn advance_branch(&self, full_name: &str, branch: &str) -> String {
+        let bare = self.lock().repos[full_name].bare.clone();
+        let tip = git(&bare, &["rev-parse", &format!("refs/heads/{branch}")]);
+        let tree = git(&bare, &["rev-parse", &format!("{tip}^{{tree}}")]);
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&bare)
+            .args(["commit-tree", &tree, "-p", &tip, "-m", "pushed meanwhile"])
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        git(
+            &bare,
+            &["update-ref", &format!("refs/heads/{branch}"), &new],
+        );
+        new
+    }
+
     pub fn push_merge_fault(&self, f: MergeFault) {
         self.lock().merge_faults.push_back(f);
     }
@@ -289,10 +334,13 @@ fn msg(status: StatusCode, m: &str) -> Response {
         .into_response()
 }
 
-fn pr_json(p: &Pull, mergeable: bool) -> Value {
+fn pr_json(bare: &Path, p: &Pull, mergeable: bool) -> Value {
+    // Gitea names the head commit in `head.sha` (the branch tip while open).
+    let sha = try_git(bare, &["rev-parse", &format!("refs/heads/{}", p.head)]);
+    let sha = if sha.0 { sha.1 } else { String::new() };
     json!({"number": p.number, "title": p.title, "state": if p.open {"open"} else {"closed"},
            "merged": p.merged, "mergeable": mergeable, "merge_commit_sha": p.merge_commit_sha,
-           "head": {"ref": p.head, "label": p.head}, "base": {"ref": p.base, "label": p.base}})
+           "head": {"ref": p.head, "label": p.head, "sha": sha}, "base": {"ref": p.base, "label": p.base}})
 }
 
 /// Would merging `head` into `base` apply cleanly? (`git merge-tree`)
@@ -346,7 +394,7 @@ async fn create_pr(
         unmergeable: false,
     };
     r.pulls.push(p.clone());
-    (StatusCode::CREATED, Json(pr_json(&p, true))).into_response()
+    (StatusCode::CREATED, Json(pr_json(&r.bare, &p, true))).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -365,16 +413,20 @@ async fn list_prs(
     let Some(r) = s.repos.get(&format!("{owner}/{repo}")) else {
         return msg(StatusCode::NOT_FOUND, "repo not found");
     };
-    let open_only = q.state.as_deref() == Some("open");
+    let state = q.state.as_deref();
     let limit = q.limit.unwrap_or(30).clamp(1, 50);
     let page = q.page.unwrap_or(1).max(1);
     let list: Vec<Value> = r
         .pulls
         .iter()
-        .filter(|p| !open_only || p.open)
+        .filter(|p| match state {
+            Some("open") => p.open,
+            Some("closed") => !p.open,
+            _ => true,
+        })
         .skip((page - 1) * limit)
         .take(limit)
-        .map(|p| pr_json(p, true))
+        .map(|p| pr_json(&r.bare, p, true))
         .collect();
     Json(json!(list)).into_response()
 }
@@ -391,7 +443,7 @@ async fn get_pr(
         return msg(StatusCode::NOT_FOUND, "pull request not found");
     };
     let mergeable = !p.unmergeable && (p.merged || clean_merge(&r.bare, &p.base, &p.head));
-    Json(pr_json(p, mergeable)).into_response()
+    Json(pr_json(&r.bare, p, mergeable)).into_response()
 }
 
 async fn merge_pr(
@@ -399,46 +451,70 @@ async fn merge_pr(
     UrlPath((owner, repo, n)): UrlPath<(String, String, u64)>,
     Json(body): Json<Value>,
 ) -> Response {
+    let (answer, hang) = merge_now(&st, &owner, &repo, n, &body);
+    if hang {
+        tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+    }
+    answer
+}
+
+/// The merge POST under the lock; whether the answer must hang.
+fn merge_now(st: &Shared, owner: &str, repo: &str, n: u64, body: &Value) -> (Response, bool) {
     let mut s = st.lock().unwrap();
     s.merge_posts += 1;
     let fault = s.merge_faults.pop_front();
     let root = s.root.clone();
     let Some(r) = s.repos.get_mut(&format!("{owner}/{repo}")) else {
-        return msg(StatusCode::NOT_FOUND, "repo not found");
+        return (msg(StatusCode::NOT_FOUND, "repo not found"), false);
     };
     let Some(p) = r.pulls.iter_mut().find(|p| p.number == n) else {
-        return msg(StatusCode::NOT_FOUND, "pull request not found");
+        return (msg(StatusCode::NOT_FOUND, "pull request not found"), false);
     };
     match fault {
         Some(MergeFault::TryAgainLater) => {
-            return msg(StatusCode::METHOD_NOT_ALLOWED, "Please try again later");
+            return (
+                msg(StatusCode::METHOD_NOT_ALLOWED, "Please try again later"),
+                false,
+            );
         }
-        Some(MergeFault::Conflict) => return msg(StatusCode::CONFLICT, "head out of date"),
+        Some(MergeFault::Conflict) => {
+            return (msg(StatusCode::CONFLICT, "head out of date"), false);
+        }
         Some(MergeFault::ServerError) => {
-            return msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            return (
+                msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+                false,
+            );
         }
         Some(MergeFault::Forbidden) => {
-            return msg(StatusCode::FORBIDDEN, "User not allowed to merge PR");
+            return (
+                msg(StatusCode::FORBIDDEN, "User not allowed to merge PR"),
+                false,
+            );
         }
         Some(MergeFault::NotMergeable) => {
             p.unmergeable = true;
-            return msg(StatusCode::CONFLICT, "merge conflict");
+            return (msg(StatusCode::CONFLICT, "merge conflict"), false);
         }
-        Some(MergeFault::LandedAnswerLost) | None => {}
+        Some(MergeFault::LandedAnswerLost | MergeFault::LandedThenHang) | None => {}
     }
     let lose_answer = matches!(fault, Some(MergeFault::LandedAnswerLost));
+    let hang = matches!(fault, Some(MergeFault::LandedThenHang));
     if p.merged {
-        return msg(StatusCode::METHOD_NOT_ALLOWED, "PR already merged");
+        return (
+            msg(StatusCode::METHOD_NOT_ALLOWED, "PR already merged"),
+            false,
+        );
     }
     if !p.open {
-        return msg(StatusCode::NOT_FOUND, "pull request is closed");
+        return (msg(StatusCode::NOT_FOUND, "pull request is closed"), false);
     }
     let head_tip = try_git(&r.bare, &["rev-parse", &format!("refs/heads/{}", p.head)]).1;
     if let Some(want) = body.get("head_commit_id").and_then(Value::as_str)
         && !want.is_empty()
         && want != head_tip
     {
-        return msg(StatusCode::CONFLICT, "head out of date");
+        return (msg(StatusCode::CONFLICT, "head out of date"), false);
     }
     // A real merge: a scratch clone merges and pushes the base branch.
     let work = root
@@ -461,16 +537,19 @@ async fn merge_pr(
     .0
     {
         p.unmergeable = true;
-        return msg(StatusCode::CONFLICT, "merge conflict");
+        return (msg(StatusCode::CONFLICT, "merge conflict"), false);
     }
     git(&work, &["push", "--quiet", "origin", &p.base]);
     p.merged = true;
     p.open = false;
     p.merge_commit_sha = Some(git(&work, &["rev-parse", "HEAD"]));
     if lose_answer {
-        return msg(StatusCode::BAD_GATEWAY, "upstream connection reset");
+        return (
+            msg(StatusCode::BAD_GATEWAY, "upstream connection reset"),
+            false,
+        );
     }
-    (StatusCode::OK, "").into_response()
+    ((StatusCode::OK, "").into_response(), hang)
 }
 
 async fn compare(
@@ -484,6 +563,19 @@ async fn compare(
     let Some((base, head)) = basehead.split_once("...") else {
         return msg(StatusCode::NOT_FOUND, "bad basehead");
     };
+    let is_ref = |name: &str| {
+        ["refs/heads/", "refs/tags/"].iter().any(|p| {
+            try_git(
+                &r.bare,
+                &["rev-parse", "--verify", "--quiet", &format!("{p}{name}")],
+            )
+            .0
+        })
+    };
+    if s.version == GiteaVersion::V1_22 && !(is_ref(base) && is_ref(head)) {
+        // 1.22 resolves only branch and tag names here.
+        return msg(StatusCode::NOT_FOUND, "GetRefCommitID");
+    }
     match try_git(
         &r.bare,
         &["rev-list", "--count", &format!("{base}..{head}")],

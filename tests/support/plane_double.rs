@@ -2,8 +2,13 @@
 //! `tests/fixtures/plane` (REST API v1 + webhooks v1). It keeps workspaces,
 //! projects, states, work items and comments; answers 409 for a repeated
 //! comment `external_id`; paginates with `per_page`/`cursor`; names the API
-//! key's user at `users/me`; can be told to answer 429 (with
-//! `X-RateLimit-Reset`), 5xx or slowly; and SENDS signed webhooks the way
+//! key's user at `users/me`; can be told to answer 429 (with `Retry-After`
+//! only, as Django REST framework's handler does), 5xx or slowly; can
+//! enforce a rate limit like Plane's API-key throttle (a sliding window;
+//! allowed answers carry `X-RateLimit-Remaining`/`-Reset`, a throttled one
+//! only `Retry-After`); behaves like a Plane version (`PlaneVersion`: 1.0
+//! serves only `.../issues/...`, 1.3 also `.../work-items/...`); and SENDS
+//! signed webhooks the way
 //! Plane does: one delivery per changed field, a retry with a new
 //! `X-Plane-Delivery` id, our own API writes echoing back with the bot as
 //! actor.
@@ -29,10 +34,29 @@ use super::plane_webhooks::{issue_body, send_signed};
 pub const BOT_ID: &str = "0b0b0b0b-1111-4222-8333-444455556666";
 pub const HUMAN_ID: &str = "77c1e0d2-3b4a-4f5e-8d6c-9b0a1f2e3d4c";
 
+/// Which Plane the double behaves like (issue 11): `work-items/` paths
+/// exist from v1.1.0; `issues/` paths from before and still in v1.3.1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PlaneVersion {
+    V1_0,
+    #[default]
+    V1_3,
+}
+
+/// Plane's API-key throttle: at most `limit` requests per `window`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateRule {
+    pub limit: usize,
+    pub window: Duration,
+}
+
 /// A canned misbehaviour for the next request(s).
 #[derive(Debug, Clone)]
 pub enum Fault {
-    RateLimited { reset_in_s: u64 },
+    /// 429 with `Retry-After: <s>` and no other rate header.
+    RateLimited {
+        retry_after_s: u64,
+    },
     ServerError,
     Slow(Duration),
 }
@@ -87,6 +111,17 @@ pub struct PlaneState {
     /// (work item id, state name) of every state change, in order: the
     /// statuses a work item went through (Deploying, Monitoring, Done).
     pub state_log: Vec<(String, String)>,
+    /// (work item id, what) of every write that landed, in order: a state
+    /// name (`state:<name>`) or a comment's HTML (`comment:<html>`).
+    pub write_log: Vec<(String, String)>,
+    pub version: PlaneVersion,
+    pub rate: Option<RateRule>,
+    /// When the requests the throttle counted arrived.
+    pub hits: VecDeque<std::time::Instant>,
+    /// Requests answered 429 by the throttle (sent while the budget was spent).
+    pub throttled: usize,
+    /// (arrival, method, path, status) of every API request.
+    pub timeline: Vec<(std::time::Instant, String, String, u16)>,
     tick: u64,
 }
 
@@ -166,17 +201,22 @@ impl PlaneDouble {
             ..Default::default()
         }));
         let ws = "/api/v1/workspaces/{ws}/projects/{pid}";
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/api/v1/users/me/", get(me))
-            .route(&format!("{ws}/states/"), get(states))
-            .route(
-                &format!("{ws}/work-items/{{id}}/"),
-                get(get_item).patch(patch_item),
-            )
-            .route(
-                &format!("{ws}/work-items/{{id}}/comments/"),
-                get(list_comments).post(post_comment),
-            )
+            .route(&format!("{ws}/states/"), get(states));
+        // Both spellings; the gate refuses `work-items/` on a 1.0 Plane.
+        for items in ["issues", "work-items"] {
+            app = app
+                .route(
+                    &format!("{ws}/{items}/{{id}}/"),
+                    get(get_item).patch(patch_item),
+                )
+                .route(
+                    &format!("{ws}/{items}/{{id}}/comments/"),
+                    get(list_comments).post(post_comment),
+                );
+        }
+        let app = app
             .layer(middleware::from_fn_with_state(state.clone(), gate))
             .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -241,6 +281,15 @@ impl PlaneDouble {
         self.lock().webhook = Some((url.into(), secret.into()));
     }
 
+    pub fn set_version(&self, v: PlaneVersion) {
+        self.lock().version = v;
+    }
+
+    /// Throttle like Plane's API-key limit: `limit` per `window`.
+    pub fn set_rate_limit(&self, limit: usize, window: Duration) {
+        self.lock().rate = Some(RateRule { limit, window });
+    }
+
     pub fn push_fault(&self, f: Fault) {
         self.lock().faults.push_back(f);
     }
@@ -269,6 +318,16 @@ impl PlaneDouble {
             .collect()
     }
 
+    /// What landed on one work item, in order (see `write_log`).
+    pub fn writes_of(&self, item: &str) -> Vec<String> {
+        self.lock()
+            .write_log
+            .iter()
+            .filter(|(i, _)| i == item)
+            .map(|(_, w)| w.clone())
+            .collect()
+    }
+
     pub fn sent(&self) -> Vec<Sent> {
         self.lock().sent.clone()
     }
@@ -276,52 +335,107 @@ impl PlaneDouble {
 
 pub type Shared = Arc<Mutex<PlaneState>>;
 
-/// Auth, request log and injected faults, in front of every route.
+/// Auth, request log, version, throttle and injected faults, in front of
+/// every route.
 async fn gate(State(st): State<Shared>, req: Request, next: Next) -> Response {
     let key = req
         .headers()
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let fault = {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let arrived = std::time::Instant::now();
+    let early = {
         let mut s = st.lock().unwrap();
-        s.requests
-            .push((req.method().to_string(), req.uri().path().to_string()));
+        s.requests.push((method.clone(), path.clone()));
         if key.as_deref() != Some(s.api_key.as_str()) {
-            return (
+            Err((
                 StatusCode::UNAUTHORIZED,
                 Json(json!({"error": "bad api key"})),
             )
-                .into_response();
+                .into_response())
+        } else if s.version == PlaneVersion::V1_0 && path.contains("/work-items/") {
+            // Django's URL resolver: no such route before v1.1.0.
+            Err((StatusCode::NOT_FOUND, "<h1>Not Found</h1>").into_response())
+        } else {
+            throttle(&mut s, arrived)
+                .map(|h| (h, s.faults.pop_front()))
+                .map_err(retry_after)
         }
-        s.faults.pop_front()
     };
-    match fault {
-        Some(Fault::RateLimited { reset_in_s }) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            let mut h = HeaderMap::new();
-            h.insert("x-ratelimit-remaining", "0".parse().unwrap());
-            h.insert(
-                "x-ratelimit-reset",
-                (now + reset_in_s).to_string().parse().unwrap(),
-            );
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                h,
-                Json(json!({"detail": "throttled"})),
-            )
-                .into_response()
+    let answer = match early {
+        Err(r) => r,
+        Ok((headers, fault)) => {
+            let mut r = match fault {
+                Some(Fault::RateLimited { retry_after_s }) => retry_after(retry_after_s),
+                Some(Fault::ServerError) => {
+                    (StatusCode::BAD_GATEWAY, "upstream hiccup").into_response()
+                }
+                Some(Fault::Slow(d)) => {
+                    tokio::time::sleep(d).await;
+                    next.run(req).await
+                }
+                None => next.run(req).await,
+            };
+            r.headers_mut().extend(headers);
+            r
         }
-        Some(Fault::ServerError) => (StatusCode::BAD_GATEWAY, "upstream hiccup").into_response(),
-        Some(Fault::Slow(d)) => {
-            tokio::time::sleep(d).await;
-            next.run(req).await
-        }
-        None => next.run(req).await,
+    };
+    st.lock()
+        .unwrap()
+        .timeline
+        .push((arrived, method, path, answer.status().as_u16()));
+    answer
+}
+
+fn retry_after(secs: u64) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert("retry-after", secs.to_string().parse().unwrap());
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        h,
+        Json(json!({"detail": format!("Request was throttled. Expected available in {secs} seconds.")})),
+    )
+        .into_response()
+}
+
+/// Plane's API-key throttle (a DRF `SimpleRateThrottle`): a sliding window
+/// of arrivals. Allowed: `X-RateLimit-Remaining` and `X-RateLimit-Reset`
+/// (epoch seconds) ride on the answer. Throttled: 429 with `Retry-After`.
+/// `Err(seconds)`: throttled, retry after that long.
+fn throttle(s: &mut PlaneState, now: std::time::Instant) -> Result<HeaderMap, u64> {
+    let Some(rule) = s.rate else {
+        return Ok(HeaderMap::new());
+    };
+    while s
+        .hits
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= rule.window)
+    {
+        s.hits.pop_front();
     }
+    if s.hits.len() >= rule.limit {
+        s.throttled += 1;
+        let free_in = rule.window - now.duration_since(*s.hits.front().unwrap());
+        return Err(free_in.as_secs_f64().ceil() as u64);
+    }
+    s.hits.push_back(now);
+    let reset_in = rule.window - now.duration_since(*s.hits.front().unwrap());
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + reset_in;
+    let mut h = HeaderMap::new();
+    h.insert(
+        "x-ratelimit-remaining",
+        (rule.limit - s.hits.len()).to_string().parse().unwrap(),
+    );
+    h.insert(
+        "x-ratelimit-reset",
+        epoch.as_secs().to_string().parse().unwrap(),
+    );
+    Ok(h)
 }
 
 async fn me() -> Json<Value> {
@@ -424,8 +538,9 @@ async fn patch_item(
         let old = std::mem::replace(&mut it.state, new.clone());
         it.updated_at = updated_at;
         let it = it.clone();
+        let name = s.state_name(&pid, &new).map(|(n, _)| n).unwrap_or_default();
+        s.write_log.push((id.clone(), format!("state:{name}")));
         if old != new {
-            let name = s.state_name(&pid, &new).map(|(n, _)| n).unwrap_or_default();
             s.state_log.push((id.clone(), name));
         }
         let echo = (old != new && s.webhook.is_some())
@@ -507,6 +622,8 @@ async fn post_comment(
         external_source: source,
         external_id: ext,
     };
+    s.write_log
+        .push((id.clone(), format!("comment:{}", c.html)));
     s.comments.entry(id).or_default().push(c.clone());
     (
         StatusCode::CREATED,

@@ -132,6 +132,7 @@ impl Harness {
         let tracker = Arc::new(RecordingTracker::default());
         let forge = Arc::new(RecordingForge::default());
         let pipeline = Pipeline {
+            plane_outbox: None,
             engine: engine.clone(),
             db: db.clone(),
             settings: settings.clone(),
