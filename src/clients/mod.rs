@@ -5,6 +5,7 @@
 pub mod gitea;
 pub mod plane;
 pub mod retry;
+pub mod telegram;
 pub mod write_guard;
 
 use async_trait::async_trait;

@@ -14,6 +14,7 @@ pub mod leases;
 pub mod merge_lease;
 pub mod runs;
 pub mod tasks;
+pub mod telegram;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -1,6 +1,7 @@
 //! Background loops: each a tick function run by the supervisor at an
 //! interval (`shutdown::Supervisor`), never panicking per tick.
 
+pub mod cards;
 pub mod finalizer;
 pub mod post_deploy;
 pub mod reaper;
@@ -93,5 +94,24 @@ pub async fn start(
             async move { post_deploy::tick(&p, &stats).await }
         },
     );
+    start_ops(rt, supervisor, &mut blocks);
     Ok(blocks)
+}
+
+/// The Telegram card and gates, the disk watchdog and, last (so it stops
+/// first), the build-cache pruner (F-26..F-29, B-11). None of them is on
+/// the pipeline's path: each is a loop of its own whose failures are logged.
+fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn StatusBlock>>) {
+    let s = &rt.settings;
+    if let Some(cards) = cards::Cards::from_settings(s, rt.db.clone()) {
+        blocks.push(cards.stats.clone());
+        supervisor.spawn_loop(
+            "telegram_cards",
+            Duration::from_millis(s.ops.telegram_card_interval_ms),
+            move || {
+                let cards = cards.clone();
+                async move { cards.tick().await }
+            },
+        );
+    }
 }
