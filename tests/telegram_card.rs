@@ -104,7 +104,11 @@ async fn edit_mode_keeps_one_card_and_handles_not_modified_not_found_429_and_err
     let live = e.tg.cards_of("DEMO-1");
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].id, first);
-    assert!(live[0].text.contains("✅ Analysis\n⏳ Architecture"), "{}", live[0].text);
+    assert!(
+        live[0].text.contains("✅ Analysis\n⏳ Architecture"),
+        "{}",
+        live[0].text
+    );
 
     // "message is not modified" (the card already shows it, our record was
     // lost): success, recorded, no new message.
@@ -134,7 +138,9 @@ async fn edit_mode_keeps_one_card_and_handles_not_modified_not_found_429_and_err
         400,
         json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}),
     );
-    assert!(matches!(cards.sync(id).await.unwrap(), Synced::Failed(m) if m.contains("chat not found")));
+    assert!(
+        matches!(cards.sync(id).await.unwrap(), Synced::Failed(m) if m.contains("chat not found"))
+    );
     let row = telegram::card(e.db.reader(), id).await.unwrap().unwrap();
     assert!(row.last_error.unwrap().contains("chat not found"));
     assert_eq!(cards.sync(id).await.unwrap(), Synced::Edited);
@@ -152,7 +158,12 @@ async fn edit_mode_keeps_one_card_and_handles_not_modified_not_found_429_and_err
     // A terminal card is final: no more syncs pick it up.
     e.set_stage(id, Stage::Done).await;
     assert_eq!(cards.sync(id).await.unwrap(), Synced::Edited);
-    assert!(telegram::tasks_to_sync(e.db.reader()).await.unwrap().is_empty());
+    assert!(
+        telegram::tasks_to_sync(e.db.reader())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(e.tg.lock().wrong_token_calls, 0);
 }
 
@@ -167,7 +178,11 @@ async fn bump_mode_deletes_then_resends_silently_one_new_message_per_update() {
     e.set_stage(id, Stage::Review).await;
     let sends = e.tg.calls_of("sendMessage").len();
     assert_eq!(cards.sync(id).await.unwrap(), Synced::Sent);
-    assert_eq!(e.tg.calls_of("sendMessage").len(), sends + 1, "one new message");
+    assert_eq!(
+        e.tg.calls_of("sendMessage").len(),
+        sends + 1,
+        "one new message"
+    );
     let live = e.tg.cards_of("DEMO-2");
     assert_eq!(live.len(), 1, "the old one was deleted");
     assert!(live[0].silent, "re-sent silently");
@@ -200,8 +215,15 @@ async fn bump_mode_deletes_then_resends_silently_one_new_message_per_update() {
     assert!(matches!(cards.sync(id).await.unwrap(), Synced::Failed(_)));
     assert_eq!(e.message_id(id).await, newest);
     assert_eq!(cards.sync(id).await.unwrap(), Synced::Sent);
-    assert_eq!(e.tg.calls_of("sendMessage").len(), sends + 2, "one per update");
+    assert_eq!(
+        e.tg.calls_of("sendMessage").len(),
+        sends + 2,
+        "one per update"
+    );
     let live = e.tg.cards_of("DEMO-2");
-    assert!(live.iter().any(|m| m.text.contains("⏳ Deploying (staging)")));
+    assert!(
+        live.iter()
+            .any(|m| m.text.contains("⏳ Deploying (staging)"))
+    );
     assert_eq!(e.message_id(id).await, live.last().unwrap().id);
 }

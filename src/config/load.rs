@@ -281,7 +281,7 @@ impl<'a> Fields<'a> {
                 .or_default::<Value>("telegram_chat_id", Value::from(""))
                 .pipe(|v| match v {
                     Value::String(_, s) => s,
-                    Value::Num(_, n) => n.to_i128().map(|n| n.to_string()).unwrap_or_default(),
+                    Value::Num(_, n) => super::ops::num_text(n),
                     _ => String::new(),
                 }),
             telegram_api_url: self.or_default("telegram_api_url", d.telegram_api_url.clone()),

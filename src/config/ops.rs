@@ -87,6 +87,16 @@ impl Default for OpsSettings {
     }
 }
 
+/// A TOML or environment number as text: figment keeps "42" unsigned, and
+/// its `to_i128` answers only for signed numbers.
+pub(super) fn num_text(n: figment::value::Num) -> String {
+    n.to_u128()
+        .map(|n| n.to_string())
+        .or_else(|| n.to_i128().map(|n| n.to_string()))
+        .or_else(|| n.to_f64().map(|n| n.to_string()))
+        .unwrap_or_default()
+}
+
 /// Docker's `until` duration as the SPEC allows it.
 pub fn valid_until(s: &str) -> bool {
     let digits = s.trim_end_matches(['s', 'm', 'h', 'd', 'w']);
@@ -108,13 +118,13 @@ impl Fields<'_> {
         let items: Vec<String> = match self.raw(key) {
             None => return Vec::new(),
             Some(Value::String(_, s)) => s.split(',').map(|x| x.trim().to_string()).collect(),
-            Some(Value::Num(_, n)) => vec![n.to_i128().map(|n| n.to_string()).unwrap_or_default()],
+            Some(Value::Num(_, n)) => vec![num_text(n)],
             Some(v) => match self.parse::<Vec<Value>>(&v) {
                 Ok(list) => list
                     .into_iter()
                     .map(|v| match v {
                         Value::String(_, s) => s,
-                        Value::Num(_, n) => n.to_i128().map(|n| n.to_string()).unwrap_or_default(),
+                        Value::Num(_, n) => num_text(n),
                         _ => String::new(),
                     })
                     .collect(),
@@ -288,6 +298,7 @@ mod tests {
             ("ORCH_BUILD_CACHE_PRUNE_NOTIFY_MIN_GB", "-1"),
             ("ORCH_BUILD_CACHE_PRUNE_TARGET", "-oProxyCommand=x"),
             ("ORCH_TELEGRAM_ALLOWED_USERS", "42, 43,bob"),
+            ("ORCH_TELEGRAM_CHAT_ID", "777"),
             ("ORCH_TRACKER_MODE", "shuffle"),
         ]);
         assert_eq!((o.disk_warn_percent, o.disk_critical_percent), (85, 95));
@@ -297,6 +308,12 @@ mod tests {
         assert_eq!(o.build_cache_prune_notify_min_gb, 1.0);
         assert_eq!(o.build_cache_prune_target, "");
         assert_eq!(o.telegram_allowed_users, [42, 43]);
+        let (o, _) = load(&[("ORCH_TELEGRAM_ALLOWED_USERS", "42")]);
+        assert_eq!(
+            o.telegram_allowed_users,
+            [42],
+            "one id is a number, not a list"
+        );
         assert_eq!(o.tracker_mode, TrackerMode::Edit);
         for key in [
             "ORCH_DISK_WARN_PERCENT",

@@ -7,6 +7,7 @@ pub mod post_deploy;
 pub mod reaper;
 pub mod reconciler;
 pub mod recovery;
+pub mod telegram_updates;
 pub mod tracker_poll;
 pub mod worker;
 
@@ -113,5 +114,27 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
                 async move { cards.tick().await }
             },
         );
+    }
+    // B-11: taps on the card's buttons. The supervisor's interval only
+    // paces the ticks; the long poll itself waits for taps.
+    match (
+        s.ops.telegram_updates,
+        telegram_updates::Gates::from_settings(s, rt.pipeline.clone()),
+    ) {
+        (crate::config::UpdatesMode::Off, _) | (_, None) => {}
+        (mode, Some(gates)) => {
+            blocks.push(gates.stats.clone());
+            let webhook = mode == crate::config::UpdatesMode::Webhook;
+            supervisor.spawn_loop("telegram_updates", Duration::from_millis(10), move || {
+                let gates = gates.clone();
+                async move {
+                    if webhook {
+                        gates.webhook_tick().await
+                    } else {
+                        gates.poll_tick().await
+                    }
+                }
+            });
+        }
     }
 }

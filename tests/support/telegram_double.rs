@@ -319,3 +319,33 @@ async fn handle(
     };
     (StatusCode::from_u16(status).unwrap(), Json(answer)).into_response()
 }
+
+impl TelegramDouble {
+    /// The daemon's Telegram environment pointing at this double; taps act
+    /// for `allowed` (comma-separated ids). Cards are compared often and the
+    /// long poll is short, so tests see progress quickly.
+    pub fn daemon_env(&self, allowed: &str) -> Vec<(String, String)> {
+        [
+            ("ORCH_TELEGRAM_API_URL", self.base_url()),
+            ("ORCH_TELEGRAM_BOT_TOKEN", TOKEN.to_string()),
+            ("ORCH_TELEGRAM_CHAT_ID", CHAT.to_string()),
+            ("ORCH_TELEGRAM_ALLOWED_USERS", allowed.to_string()),
+            ("ORCH_TELEGRAM_POLL_TIMEOUT_S", "1".to_string()),
+            ("ORCH_TELEGRAM_CARD_INTERVAL_MS", "100".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The callback_data of the button labelled `label` on the live card of
+    /// `work_item`, with the card's message id.
+    pub fn button(&self, work_item: &str, label: &str) -> Option<(i64, String)> {
+        self.cards_of(work_item).into_iter().find_map(|m| {
+            m.buttons
+                .iter()
+                .find(|(t, _)| t.contains(label))
+                .map(|(_, d)| (m.id, d.clone()))
+        })
+    }
+}
