@@ -22,7 +22,11 @@ fn alert(kind: &'static str, msg: &str) -> Alert {
     }
 }
 
-fn settings(dir: &std::path::Path, api: &str, tg: &TelegramDouble) -> orchestrator::config::Settings {
+fn settings(
+    dir: &std::path::Path,
+    api: &str,
+    tg: &TelegramDouble,
+) -> orchestrator::config::Settings {
     let mut env = tg.daemon_env("");
     env.retain(|(k, _)| k != "ORCH_TELEGRAM_API_URL");
     env.push(("ORCH_TELEGRAM_API_URL".into(), api.into()));
@@ -37,9 +41,16 @@ async fn an_alert_goes_to_the_chat_once_and_repeats_are_counted() {
     let s = settings(dir.path(), &tg.base_url(), &tg);
     let db = Db::open(&s.database_path()).await.unwrap();
     let alerts = app::alert_channel(&s, &db);
-    alerts.alert(alert("hold", "merge_pr outcome unknown")).await;
-    alerts.alert(alert("hold", "merge_pr outcome unknown, again")).await;
-    until("the alert reaches the chat", 10, || async { !tg.live().is_empty() }).await;
+    alerts
+        .alert(alert("hold", "merge_pr outcome unknown"))
+        .await;
+    alerts
+        .alert(alert("hold", "merge_pr outcome unknown, again"))
+        .await;
+    until("the alert reaches the chat", 10, || async {
+        !tg.live().is_empty()
+    })
+    .await;
     let live = tg.live();
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0].text, "⚠️ hold · DEMO-1\nmerge_pr outcome unknown");
@@ -52,8 +63,13 @@ async fn an_alert_goes_to_the_chat_once_and_repeats_are_counted() {
         json!({"ok": false, "error_code": 500, "description": "Internal Server Error"}),
     );
     alerts.alert(alert("disk_critical", "/ is 97% full")).await;
-    alerts.alert(alert("build_cache_pruned", "reclaimed 3.2GB")).await;
-    until("the next alert still goes out", 10, || async { tg.live().len() == 2 }).await;
+    alerts
+        .alert(alert("build_cache_pruned", "reclaimed 3.2GB"))
+        .await;
+    until("the next alert still goes out", 10, || async {
+        tg.live().len() == 2
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -76,7 +92,9 @@ async fn a_telegram_that_never_answers_never_blocks_the_sender() {
     // request timeout is 15 s), not about speed.
     tokio::time::timeout(Duration::from_secs(10), async {
         for i in 0..5 {
-            alerts.alert(alert("effect_failed", &format!("try {i}"))).await;
+            alerts
+                .alert(alert("effect_failed", &format!("try {i}")))
+                .await;
         }
     })
     .await

@@ -2,6 +2,7 @@
 //! interval (`shutdown::Supervisor`), never panicking per tick.
 
 pub mod cards;
+pub mod disk_watchdog;
 pub mod finalizer;
 pub mod post_deploy;
 pub mod reaper;
@@ -136,5 +137,21 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
                 }
             });
         }
+    }
+    // F-28: the disk watchdog.
+    if s.ops.disk_watchdog_enabled {
+        let watchdog = Arc::new(disk_watchdog::DiskWatchdog::from_settings(
+            s,
+            rt.notifier.clone(),
+        ));
+        blocks.push(watchdog.clone());
+        supervisor.spawn_loop(
+            "disk_watchdog",
+            Duration::from_secs(s.ops.disk_watchdog_interval_s),
+            move || {
+                let w = watchdog.clone();
+                async move { w.tick().await }
+            },
+        );
     }
 }
