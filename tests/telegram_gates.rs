@@ -195,6 +195,21 @@ async fn the_whole_pipeline_on_one_live_card_with_one_tap_gates() {
             .unwrap();
     assert_eq!(deploys, 1);
 
+    // F-28: the disk block and gauges are there.
+    let q = daemon.queue().await;
+    assert!(!q["disk"]["paths"].as_array().unwrap().is_empty(), "{q}");
+    assert!(q["build_cache_prune"].is_object(), "{q}");
+    let metrics = reqwest::get(daemon.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orchestrator_disk_used_percent{"),
+        "{metrics}"
+    );
+
     // The token is in every request URL and nowhere else.
     let queue = daemon.queue().await.to_string();
     assert!(!queue.contains(TOKEN) && !queue.contains("TEST-TOKEN"));

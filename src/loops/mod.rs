@@ -1,6 +1,7 @@
 //! Background loops: each a tick function run by the supervisor at an
 //! interval (`shutdown::Supervisor`), never panicking per tick.
 
+pub mod build_cache_pruner;
 pub mod cards;
 pub mod disk_watchdog;
 pub mod finalizer;
@@ -151,6 +152,23 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
             move || {
                 let w = watchdog.clone();
                 async move { w.tick().await }
+            },
+        );
+    }
+    // F-29: the build-cache pruner, started last so it stops first. Its
+    // block shows even when it is off or has no target.
+    let pruner = Arc::new(build_cache_pruner::Pruner::from_settings(
+        s,
+        rt.notifier.clone(),
+    ));
+    blocks.push(pruner.clone());
+    if s.ops.build_cache_prune_enabled && !s.ops.build_cache_prune_target.is_empty() {
+        supervisor.spawn_loop(
+            "build_cache_pruner",
+            Duration::from_secs(s.ops.build_cache_prune_interval_s),
+            move || {
+                let p = pruner.clone();
+                async move { p.tick().await }
             },
         );
     }
