@@ -278,3 +278,49 @@ async fn a_tap_stored_before_a_crash_acts_once_after_the_restart() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     daemon.exited(20).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_mode_checks_the_secret_stores_once_and_acts() {
+    let tg = TelegramDouble::start().await;
+    let mut env = tg.daemon_env(&ALLOWED.to_string());
+    env.push(("ORCH_TELEGRAM_UPDATES".into(), "webhook".into()));
+    env.push(("ORCH_TELEGRAM_WEBHOOK_SECRET".into(), "hook-secret".into()));
+    let w = world("", &env_refs(&env)).await;
+    let db = Db::open(&w.db_path()).await.unwrap();
+    let (_item, task) = w.task_at(&db, 4, Stage::Development).await;
+    let daemon = w.start().await;
+    let signer = Signer::from_bot_token(&Secret::new(TOKEN));
+    let data = signer.encode(GateAction::Stop, task.id, task.stage_version, "");
+    let update = json!({
+        "update_id": 7001,
+        "callback_query": {"id": "cb-7001", "from": {"id": ALLOWED}, "message": {"message_id": 1}, "data": data}
+    });
+    let http = reqwest::Client::new();
+    let post = |secret: &'static str| {
+        http.post(daemon.url("/webhooks/telegram"))
+            .header("X-Telegram-Bot-Api-Secret-Token", secret)
+            .json(&update)
+            .send()
+    };
+    assert_eq!(post("wrong").await.unwrap().status(), 401);
+    assert!(
+        telegram::update(db.reader(), 7001).await.unwrap().is_none(),
+        "nothing stored"
+    );
+    assert_eq!(post("hook-secret").await.unwrap().status(), 200);
+    let again: serde_json::Value = post("hook-secret").await.unwrap().json().await.unwrap();
+    assert_eq!(again["duplicate"], true);
+    until("the task is cancelled", 30, || async {
+        support::daemon::task(&db, task.id).await.stage == Stage::Cancelled
+    })
+    .await;
+    assert!(
+        outcome(&db, 7001).await.starts_with("done"),
+        "{}",
+        outcome(&db, 7001).await
+    );
+    assert!(
+        tg.calls_of("getUpdates").is_empty(),
+        "webhook mode does not poll"
+    );
+}
