@@ -324,3 +324,58 @@ async fn webhook_mode_checks_the_secret_stores_once_and_acts() {
         "webhook mode does not poll"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_takes_its_reason_from_a_reply_to_the_card() {
+    let tg = TelegramDouble::start().await;
+    let env = tg.daemon_env(&ALLOWED.to_string());
+    let w = world("", &env_refs(&env)).await;
+    let db = Db::open(&w.db_path()).await.unwrap();
+    let (item, task) = w.task_at(&db, 5, Stage::Analysis).await;
+    let daemon = w.start().await;
+    let card = 555;
+    // A stranger's reply is not a reason; the allowed user's is.
+    let stranger = tg.reply(STRANGER, card, "ship it anyway");
+    let reply = tg.reply(ALLOWED, card, "The BRD misses the rollback case.");
+    until("the replies are stored", 20, || async {
+        !outcome(&db, reply).await.is_empty() && !outcome(&db, stranger).await.is_empty()
+    })
+    .await;
+    let data = Signer::from_bot_token(&Secret::new(TOKEN)).encode(
+        GateAction::Reject,
+        task.id,
+        task.stage_version,
+        "",
+    );
+    let tap = tg.tap(ALLOWED, card, &data);
+    until("the Reject is processed", 20, || async {
+        !outcome(&db, tap).await.is_empty()
+    })
+    .await;
+    assert!(
+        outcome(&db, tap).await.starts_with("done"),
+        "{}",
+        outcome(&db, tap).await
+    );
+    let job = jobs::active_for_task(db.reader(), task.id)
+        .await
+        .unwrap()
+        .expect("the analyst is queued again");
+    assert_eq!(job.role, "analyst");
+    assert_eq!(
+        job.context,
+        "Rejected in Telegram: The BRD misses the rollback case."
+    );
+    assert!(
+        outcome(&db, reply).await.starts_with("used"),
+        "{}",
+        outcome(&db, reply).await
+    );
+    assert!(!outcome(&db, stranger).await.starts_with("used"));
+    assert!(
+        w.plane.states_of(&item).contains(&"Rejected".to_string()),
+        "{:?}",
+        w.plane.states_of(&item)
+    );
+    drop(daemon);
+}

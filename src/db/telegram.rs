@@ -222,3 +222,49 @@ pub async fn merge_result<'e>(
     .await
     .map(Option::flatten)
 }
+
+/// The newest reply to one of `message_ids` from one of `users` whose text
+/// was not used yet (B-11: a Reject's reason).
+pub async fn unused_reply<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    message_ids: &[i64],
+    users: &[i64],
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT update_id, body FROM telegram_updates
+         WHERE json_extract(body, '$.message.reply_to_message.message_id') IS NOT NULL
+           AND (outcome IS NULL OR outcome NOT LIKE 'used%')
+         ORDER BY update_id DESC LIMIT 50",
+    )
+    .fetch_all(ex)
+    .await?;
+    for (id, body) in rows {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let m = &v["message"];
+        let to = m["reply_to_message"]["message_id"].as_i64();
+        let from = m["from"]["id"].as_i64();
+        if let (Some(to), Some(from), Some(text)) = (to, from, m["text"].as_str())
+            && message_ids.contains(&to)
+            && users.contains(&from)
+        {
+            return Ok(Some((id, text.to_string())));
+        }
+    }
+    Ok(None)
+}
+
+/// Record that a stored update's text was used (a rejection reason).
+pub async fn mark_used<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    update_id: i64,
+    what: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE telegram_updates SET outcome = ? WHERE update_id = ?")
+        .bind(format!("used: {what}"))
+        .bind(update_id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}

@@ -201,6 +201,11 @@ impl Gates {
     pub async fn act(&self, update: &Value) -> anyhow::Result<Acted> {
         let q = &update["callback_query"];
         if q.is_null() {
+            if !update["message"]["reply_to_message"].is_null() {
+                return Ok(Acted::Ignored(
+                    "a reply, kept: a Reject tap takes it as the reason".into(),
+                ));
+            }
             return Ok(Acted::Ignored("not a button tap".into()));
         }
         let callback_id = q["id"].as_str().unwrap_or_default();
@@ -257,7 +262,27 @@ impl Gates {
             status: key.to_string(),
             old_status: None,
         };
-        let handled = self.pipeline.on_status(&change).await?;
+        let handled = if tap.action == GateAction::Reject {
+            // The reason: the newest reply to the card (or to the prompt
+            // below) from an allowed user, else the newest Plane comment.
+            let card = q["message"]["message_id"].as_i64().unwrap_or(0);
+            let reply = telegram::unused_reply(db.reader(), &[card], &self.allowed).await?;
+            let handled = self
+                .pipeline
+                .reject(&task, reply.as_ref().map(|(_, t)| t.as_str()))
+                .await?;
+            if let Some((id, _)) = reply {
+                telegram::mark_used(
+                    db.writer(),
+                    id,
+                    &format!("reason of the Reject of {}", task.work_item),
+                )
+                .await?;
+            }
+            handled
+        } else {
+            self.pipeline.on_status(&change).await?
+        };
         tracing::info!(work_item = %task.work_item, user, status = key, outcome = %handled, "gate tapped in Telegram");
         let reply = match &handled {
             crate::pipeline::status::Handled::Done(_) => {

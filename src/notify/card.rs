@@ -139,6 +139,7 @@ struct Words {
     hold: &'static str,
     merged: &'static str,
     head: &'static str,
+    reject_hint: &'static str,
 }
 
 fn words(lang: Lang) -> Words {
@@ -152,6 +153,7 @@ fn words(lang: Lang) -> Words {
             hold: "On hold",
             merged: "Merged",
             head: "Head",
+            reject_hint: "To reject with a reason, reply to this card first.",
         },
         Lang::Ru => Words {
             running: "работает",
@@ -162,6 +164,7 @@ fn words(lang: Lang) -> Words {
             hold: "Пауза",
             merged: "Слито",
             head: "Коммит",
+            reject_hint: "Чтобы отклонить с причиной, сначала ответьте на эту карточку.",
         },
     }
 }
@@ -241,6 +244,9 @@ pub fn render(v: &CardView, lang: Lang) -> Rendered {
     } else if let (Some(head), true) = (&v.head, v.gates.contains(&GateAction::ConfirmDeploy)) {
         // Confirm Deploy is bound to this commit (B-11): show which.
         let _ = writeln!(t, "{}: {}", w.head, short(head));
+    }
+    if v.gates.contains(&GateAction::Reject) {
+        let _ = writeln!(t, "💬 {}", w.reject_hint);
     }
     Rendered {
         text: t.trim_end().to_string(),
@@ -390,6 +396,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("⛔ Cancelled"), "{text}");
+    }
+
+    #[test]
+    fn the_brd_gate_says_how_to_give_a_reason() {
+        let mut v = view(Stage::Analysis);
+        v.runs = vec![run(Stage::Analysis, "analyst", 0.25, 1)];
+        v.gates = vec![GateAction::Approve, GateAction::Reject, GateAction::Stop];
+        let r = render(&v, Lang::En);
+        assert!(
+            r.text
+                .ends_with("Total: $0.25\n💬 To reject with a reason, reply to this card first."),
+            "{}",
+            r.text
+        );
+        assert_eq!(
+            r.buttons,
+            [GateAction::Approve, GateAction::Reject, GateAction::Stop]
+        );
+        assert!(
+            render(&v, Lang::Ru)
+                .text
+                .contains("ответьте на эту карточку")
+        );
     }
 
     #[test]

@@ -349,3 +349,27 @@ impl TelegramDouble {
         })
     }
 }
+
+impl TelegramDouble {
+    /// A user replies to message `to` with `text`; the update's id.
+    pub fn reply(&self, user_id: i64, to: i64, text: &str) -> i64 {
+        let mut s = self.lock();
+        s.next_update += 1;
+        let id = s.next_update;
+        let chat = json!({"id": CHAT.parse::<i64>().unwrap(), "type": "supergroup"});
+        s.updates.push(json!({
+            "update_id": id,
+            "message": {
+                "message_id": 10_000 + id,
+                "from": {"id": user_id, "is_bot": false, "first_name": "Tester"},
+                "chat": chat,
+                "date": 1763641300,
+                "text": text,
+                "reply_to_message": {"message_id": to, "chat": chat, "date": 1763641200, "text": "card"},
+            }
+        }));
+        drop(s);
+        self.wake.notify_waiters();
+        id
+    }
+}
