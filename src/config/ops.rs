@@ -269,6 +269,16 @@ mod tests {
     }
 
     #[test]
+    fn every_key_is_in_the_env_example() {
+        let example = include_str!("../../.env.example");
+        let keys = serde_json::to_value(OpsSettings::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            let env = format!("ORCH_{}", key.to_ascii_uppercase());
+            assert!(example.contains(&format!("{env}=")), "{env} is not in .env.example");
+        }
+    }
+
+    #[test]
     fn defaults_and_validators() {
         let (o, w) = load(&[]);
         assert_eq!(
