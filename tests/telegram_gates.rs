@@ -217,6 +217,10 @@ async fn the_whole_pipeline_on_one_live_card_with_one_tap_gates() {
     daemon.exited(20).await;
     let log = w.log();
     assert!(!log.contains("TEST-TOKEN"), "the token leaked into the log");
+    assert!(
+        log.contains("shut down cleanly"),
+        "a long poll does not hold up the stop: {log}"
+    );
     let out = std::process::Command::new(support::bin())
         .arg("check-config")
         .env_clear()

@@ -274,7 +274,10 @@ mod tests {
         let keys = serde_json::to_value(OpsSettings::default()).unwrap();
         for key in keys.as_object().unwrap().keys() {
             let env = format!("ORCH_{}", key.to_ascii_uppercase());
-            assert!(example.contains(&format!("{env}=")), "{env} is not in .env.example");
+            assert!(
+                example.contains(&format!("{env}=")),
+                "{env} is not in .env.example"
+            );
         }
     }
 

@@ -124,7 +124,8 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
         telegram_updates::Gates::from_settings(s, rt.pipeline.clone()),
     ) {
         (crate::config::UpdatesMode::Off, _) | (_, None) => {}
-        (mode, Some(gates)) => {
+        (mode, Some(mut gates)) => {
+            gates.stop = Some(rt.shutdown.clone());
             blocks.push(gates.stats.clone());
             let webhook = mode == crate::config::UpdatesMode::Webhook;
             supervisor.spawn_loop("telegram_updates", Duration::from_millis(10), move || {

@@ -80,6 +80,9 @@ pub struct Gates {
     pub stats: Arc<GateStats>,
     /// Wakes the processor when the webhook stored an update.
     pub wake: Arc<tokio::sync::Notify>,
+    /// The daemon's graceful stop: a long poll in flight is given up (what
+    /// it would have returned is not confirmed, so Telegram keeps it).
+    pub stop: Option<crate::shutdown::Shutdown>,
 }
 
 /// What a stored update came to (stored as its outcome).
@@ -115,6 +118,7 @@ impl Gates {
             poll_timeout: Duration::from_secs(s.ops.telegram_poll_timeout_s),
             stats: Arc::default(),
             wake: Arc::default(),
+            stop: None,
         })
     }
 
@@ -142,7 +146,15 @@ impl Gates {
     pub async fn poll_tick(&self) -> anyhow::Result<()> {
         self.process_stored().await?;
         let offset = telegram::next_offset(self.pipeline.db.reader()).await?;
-        let updates = match self.bot.get_updates(offset, self.poll_timeout).await {
+        let poll = self.bot.get_updates(offset, self.poll_timeout);
+        let answer = match self.stop.clone() {
+            Some(stop) => tokio::select! {
+                r = poll => r,
+                _ = stop.wait() => return Ok(()),
+            },
+            None => poll.await,
+        };
+        let updates = match answer {
             Ok(u) => u,
             Err(TgError::RetryAfter(d)) => {
                 tokio::time::sleep(d.min(Duration::from_secs(60))).await;
