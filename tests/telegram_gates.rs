@@ -383,3 +383,50 @@ async fn reject_takes_its_reason_from_a_reply_to_the_card() {
     );
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bump_mode_through_the_daemon_keeps_one_card_the_newest() {
+    let tg = TelegramDouble::start().await;
+    let mut env = tg.daemon_env(&ALLOWED.to_string());
+    env.push(("ORCH_TRACKER_MODE".into(), "bump".into()));
+    let w = world("", &env_refs(&env)).await;
+    let db = Db::open(&w.db_path()).await.unwrap();
+    let (item, task) = w.task_at(&db, 6, Stage::Development).await;
+    let mut daemon = w.start().await;
+    until("the card is sent", 20, || async {
+        tg.button("DEMO-6", "STOP").is_some()
+    })
+    .await;
+    let (first, stop) = tg.button("DEMO-6", "STOP").unwrap();
+    tg.tap(ALLOWED, first, &stop);
+    until("the card shows Cancelled", 30, || async {
+        tg.cards_of("DEMO-6")
+            .iter()
+            .any(|m| m.text.contains("⛔ Cancelled"))
+    })
+    .await;
+    let live = tg.cards_of("DEMO-6");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_ne!(live[0].id, first, "re-sent as the newest message");
+    assert!(live[0].silent);
+    assert!(live[0].buttons.is_empty());
+    let sends = tg
+        .calls_of("sendMessage")
+        .iter()
+        .filter(|b| b["text"].as_str().unwrap_or("").starts_with("DEMO-6 ·"))
+        .count();
+    let deletes = tg.calls_of("deleteMessage").len();
+    assert_eq!(
+        sends,
+        deletes + 1,
+        "one new message per update, the old one deleted each time"
+    );
+    assert_eq!(
+        support::daemon::task(&db, task.id).await.stage,
+        Stage::Cancelled
+    );
+    assert!(w.plane.states_of(&item).contains(&"STOP".to_string()));
+    assert_eq!(w.plane.state_of(&item), "Cancelled");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.exited(20).await;
+}

@@ -225,16 +225,25 @@ impl Fields<'_> {
             self.report.warnings.push(w);
             d.build_cache_prune_notify_min_gb
         };
+        let telegram_updates = self.or_default("telegram_updates", updates_default);
+        let telegram_webhook_secret = self.secret("telegram_webhook_secret");
+        if telegram_updates == UpdatesMode::Webhook && telegram_webhook_secret.is_empty() {
+            let w = format!(
+                "{} is webhook but ORCH_TELEGRAM_WEBHOOK_SECRET is empty: every Telegram delivery is refused",
+                self.describe("telegram_updates")
+            );
+            self.report.warnings.push(w);
+        }
         OpsSettings {
             tracker_mode: self.or_default("tracker_mode", d.tracker_mode),
             card_lang: self.or_default("card_lang", d.card_lang),
             telegram_card_interval_ms: self
                 .positive("telegram_card_interval_ms", d.telegram_card_interval_ms),
-            telegram_updates: self.or_default("telegram_updates", updates_default),
+            telegram_updates,
             telegram_poll_timeout_s: self
                 .or_default("telegram_poll_timeout_s", d.telegram_poll_timeout_s),
             telegram_allowed_users: self.list("telegram_allowed_users"),
-            telegram_webhook_secret: self.secret("telegram_webhook_secret"),
+            telegram_webhook_secret,
             disk_watchdog_enabled: self
                 .or_default("disk_watchdog_enabled", d.disk_watchdog_enabled),
             disk_watchdog_paths: self.list("disk_watchdog_paths"),
@@ -321,6 +330,12 @@ mod tests {
         assert_eq!(o.build_cache_prune_notify_min_gb, 1.0);
         assert_eq!(o.build_cache_prune_target, "");
         assert_eq!(o.telegram_allowed_users, [42, 43]);
+        let (_, hook) = load(&[("ORCH_TELEGRAM_UPDATES", "webhook")]);
+        assert!(
+            hook.iter()
+                .any(|w| w.contains("ORCH_TELEGRAM_WEBHOOK_SECRET")),
+            "{hook:?}"
+        );
         let (o, _) = load(&[("ORCH_TELEGRAM_ALLOWED_USERS", "42")]);
         assert_eq!(
             o.telegram_allowed_users,
