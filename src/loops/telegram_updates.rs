@@ -204,7 +204,9 @@ impl Gates {
     }
 
     async fn answer(&self, callback_id: &str, text: &str) {
-        if let Err(e) = self.bot.answer_callback(callback_id, text).await {
+        // Telegram shows at most 200 characters of an answer.
+        let text: String = text.chars().take(190).collect();
+        if let Err(e) = self.bot.answer_callback(callback_id, &text).await {
             tracing::info!(error = %e, "answerCallbackQuery failed");
         }
     }
