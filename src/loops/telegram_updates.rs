@@ -184,8 +184,14 @@ impl Gates {
             let acted = match self.act(&update).await {
                 Ok(a) => a,
                 Err(e) => {
+                    // Not retried on its own (a permanent error would spin);
+                    // the person is told, and the card still offers the gate.
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(update_id = row.update_id, error = %e, "telegram update failed");
+                    if let Some(id) = update["callback_query"]["id"].as_str() {
+                        self.answer(id, "That did not go through; please tap again.")
+                            .await;
+                    }
                     Acted::Ignored(format!("error: {e}"))
                 }
             };
