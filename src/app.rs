@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::http::{self, AppState, Metrics};
 use crate::intake::{Intake, Replay};
+use crate::notify::telegram::{FanOut, TelegramAlerts};
 use crate::notify::{Dedup, LogNotifier, Notifier};
 use crate::pipeline::Pipeline;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger, Supervisor};
@@ -56,8 +57,18 @@ pub fn instance_lock(db_path: &Path) -> anyhow::Result<InstanceLock> {
 /// layer whose state is in the database (`ORCH_ALERT_DEDUP_WINDOW_S`).
 /// Every notifier of a process (engine, pipeline, runtime) is this one.
 pub fn alert_channel(settings: &Settings, db: &Db) -> Arc<Dedup> {
+    let mut channels: Vec<Arc<dyn Notifier>> = vec![Arc::new(LogNotifier)];
+    // Telegram beside the log when a bot and a chat are configured (F-27).
+    let chat = settings.telegram_chat_id.trim();
+    if !settings.telegram_bot_token.is_empty() && !chat.is_empty() {
+        let bot = crate::clients::telegram::Bot::new(
+            &settings.telegram_api_url,
+            settings.telegram_bot_token.clone(),
+        );
+        channels.push(Arc::new(TelegramAlerts::new(bot, chat)));
+    }
     Arc::new(Dedup::new(
-        Arc::new(LogNotifier),
+        Arc::new(FanOut(channels)),
         db.clone(),
         Duration::from_secs(settings.alert_dedup_window_s),
     ))

@@ -7,6 +7,7 @@ pub mod plane;
 pub mod plane_outbox;
 pub mod rate_limit;
 pub mod retry;
+pub mod telegram;
 pub mod write_guard;
 
 use async_trait::async_trait;

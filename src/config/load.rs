@@ -77,7 +77,7 @@ pub(super) struct Fields<'a> {
     fig: &'a Figment,
     data: Dict,
     seen: HashSet<String>,
-    report: &'a mut LoadReport,
+    pub(super) report: &'a mut LoadReport,
     errors: Vec<String>,
 }
 
@@ -98,7 +98,7 @@ impl<'a> Fields<'a> {
     }
 
     /// "`bind` (ORCH_BIND from the environment)" or "`bind` (in /etc/o.toml)".
-    fn describe(&self, key: &str) -> String {
+    pub(super) fn describe(&self, key: &str) -> String {
         match self.fig.find_metadata(key) {
             Some(md) if md.name == "environment" => {
                 format!(
@@ -114,17 +114,21 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn raw(&mut self, key: &str) -> Option<Value> {
+    pub(super) fn raw(&mut self, key: &str) -> Option<Value> {
         self.seen.insert(key.to_string());
         self.data.get(key).cloned()
     }
 
-    fn parse<T: DeserializeOwned>(&self, v: &Value) -> Result<T, String> {
+    pub(super) fn parse<T: DeserializeOwned>(&self, v: &Value) -> Result<T, String> {
         T::deserialize(v).map_err(|e| e.to_string())
     }
 
     /// A key with a safe default: a bad value warns and falls back.
-    fn or_default<T: DeserializeOwned + fmt::Debug>(&mut self, key: &str, default: T) -> T {
+    pub(super) fn or_default<T: DeserializeOwned + fmt::Debug>(
+        &mut self,
+        key: &str,
+        default: T,
+    ) -> T {
         match self.raw(key) {
             None => default,
             Some(v) => match self.parse::<T>(&v) {
@@ -142,7 +146,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A positive number with a safe default; 0 or garbage falls back.
-    fn positive(&mut self, key: &str, default: u64) -> u64 {
+    pub(super) fn positive(&mut self, key: &str, default: u64) -> u64 {
         let v: u64 = self.or_default(key, default);
         if v == 0 {
             let w = format!(
@@ -190,7 +194,7 @@ impl<'a> Fields<'a> {
         0.0
     }
 
-    fn secret(&mut self, key: &str) -> Secret {
+    pub(super) fn secret(&mut self, key: &str) -> Secret {
         self.or_default::<String>(key, String::new()).pipe(Secret)
     }
 
@@ -277,6 +281,8 @@ impl<'a> Fields<'a> {
             self.required("projects", Vec::new(), "a valid [[projects]] list");
         self.check_projects(&projects);
         let deploy_timeout_s = self.positive("deploy_timeout_s", d.deploy_timeout_s);
+        let telegram_bot_token = self.secret("telegram_bot_token");
+        let ops = self.ops(!telegram_bot_token.is_empty());
         let s = Settings {
             bind,
             database_url,
@@ -300,12 +306,12 @@ impl<'a> Fields<'a> {
             gitea_base_url: self.or_default("gitea_base_url", d.gitea_base_url.clone()),
             gitea_token: self.secret("gitea_token"),
             gitea_webhook_secret: self.secret("gitea_webhook_secret"),
-            telegram_bot_token: self.secret("telegram_bot_token"),
+            telegram_bot_token,
             telegram_chat_id: self
                 .or_default::<Value>("telegram_chat_id", Value::from(""))
                 .pipe(|v| match v {
                     Value::String(_, s) => s,
-                    Value::Num(_, n) => n.to_i128().map(|n| n.to_string()).unwrap_or_default(),
+                    Value::Num(_, n) => super::ops::num_text(n),
                     _ => String::new(),
                 }),
             telegram_api_url: self.or_default("telegram_api_url", d.telegram_api_url.clone()),
@@ -357,6 +363,7 @@ impl<'a> Fields<'a> {
             alert_dedup_window_s: self.or_default("alert_dedup_window_s", d.alert_dedup_window_s),
             plane,
             projects,
+            ops,
         };
         let unknown: Vec<String> = self
             .data

@@ -7,6 +7,9 @@
 //! `repo_url`) fails start-up with a message naming the key and its source.
 
 mod load;
+mod ops;
+
+pub use ops::{OpsSettings, TrackerMode, UpdatesMode};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +31,7 @@ pub const SECRET_ENV_KEYS: &[&str] = &[
     "ORCH_GITEA_TOKEN",
     "ORCH_GITEA_WEBHOOK_SECRET",
     "ORCH_TELEGRAM_BOT_TOKEN",
+    "ORCH_TELEGRAM_WEBHOOK_SECRET",
 ];
 
 /// A secret value: never printed, never serialized in clear.
@@ -327,6 +331,10 @@ pub struct Settings {
 
     pub plane: PlaneTable,
     pub projects: Vec<Project>,
+    /// Telegram card and gates, disk watchdog, build-cache pruner
+    /// (F-26..F-29, B-11): `config/ops.rs`.
+    #[serde(flatten)]
+    pub ops: OpsSettings,
 }
 
 impl Default for Settings {
@@ -390,6 +398,7 @@ impl Default for Settings {
             alert_dedup_window_s: 3600,
             plane: PlaneTable::default(),
             projects: Vec::new(),
+            ops: OpsSettings::default(),
         }
     }
 }

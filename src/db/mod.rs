@@ -15,6 +15,7 @@ pub mod merge_lease;
 pub mod outbox;
 pub mod runs;
 pub mod tasks;
+pub mod telegram;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -53,7 +53,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     resp
 }
 
-fn escape(v: &str) -> String {
+pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -171,6 +171,9 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
             "orchestrator_jobs{{status=\"{}\"}} {n}",
             escape(&status)
         );
+    }
+    for block in state.blocks.iter() {
+        out.push_str(&block.prometheus().await);
     }
     Ok((
         [(

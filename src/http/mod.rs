@@ -4,6 +4,7 @@ pub mod admin;
 pub mod error;
 pub mod metrics;
 pub mod queue;
+pub mod telegram;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,9 @@ pub fn router_with_intake(state: AppState, intake: Option<Intake>) -> Router {
         .route("/queue", get(queue::queue))
         .route("/metrics", get(metrics::render))
         .route("/transition-lease/release", post(admin::release_lease));
+    if state.settings.ops.telegram_updates == crate::config::UpdatesMode::Webhook {
+        routes = routes.route("/webhooks/telegram", post(telegram::webhook));
+    }
     if let Some(intake) = intake {
         routes = routes
             .route(

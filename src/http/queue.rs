@@ -17,6 +17,11 @@ use crate::db::{jobs, tasks};
 pub trait StatusBlock: Send + Sync {
     fn name(&self) -> &'static str;
     async fn snapshot(&self) -> Value;
+    /// Lines this subsystem adds to `/metrics` (Prometheus text, with their
+    /// HELP and TYPE); most add none.
+    async fn prometheus(&self) -> String {
+        String::new()
+    }
 }
 
 /// Finished tasks stay visible this long.

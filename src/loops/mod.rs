@@ -1,12 +1,16 @@
 //! Background loops: each a tick function run by the supervisor at an
 //! interval (`shutdown::Supervisor`), never panicking per tick.
 
+pub mod build_cache_pruner;
+pub mod cards;
+pub mod disk_watchdog;
 pub mod finalizer;
 pub mod forge_poll;
 pub mod post_deploy;
 pub mod reaper;
 pub mod reconciler;
 pub mod recovery;
+pub mod telegram_updates;
 pub mod tracker_poll;
 pub mod worker;
 
@@ -94,5 +98,80 @@ pub async fn start(
             async move { post_deploy::tick(&p, &stats).await }
         },
     );
+    start_ops(rt, supervisor, &mut blocks);
     Ok(blocks)
+}
+
+/// The Telegram card and gates, the disk watchdog and, last (so it stops
+/// first), the build-cache pruner (F-26..F-29, B-11). None of them is on
+/// the pipeline's path: each is a loop of its own whose failures are logged.
+fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn StatusBlock>>) {
+    let s = &rt.settings;
+    if let Some(cards) = cards::Cards::from_settings(s, rt.db.clone()) {
+        blocks.push(cards.stats.clone());
+        supervisor.spawn_loop(
+            "telegram_cards",
+            Duration::from_millis(s.ops.telegram_card_interval_ms),
+            move || {
+                let cards = cards.clone();
+                async move { cards.tick().await }
+            },
+        );
+    }
+    // B-11: taps on the card's buttons. The supervisor's interval only
+    // paces the ticks; the long poll itself waits for taps.
+    match (
+        s.ops.telegram_updates,
+        telegram_updates::Gates::from_settings(s, rt.pipeline.clone()),
+    ) {
+        (crate::config::UpdatesMode::Off, _) | (_, None) => {}
+        (mode, Some(mut gates)) => {
+            gates.stop = Some(rt.shutdown.clone());
+            blocks.push(gates.stats.clone());
+            let webhook = mode == crate::config::UpdatesMode::Webhook;
+            supervisor.spawn_loop("telegram_updates", Duration::from_millis(10), move || {
+                let gates = gates.clone();
+                async move {
+                    if webhook {
+                        gates.webhook_tick().await
+                    } else {
+                        gates.poll_tick().await
+                    }
+                }
+            });
+        }
+    }
+    // F-28: the disk watchdog.
+    if s.ops.disk_watchdog_enabled {
+        let watchdog = Arc::new(disk_watchdog::DiskWatchdog::from_settings(
+            s,
+            rt.notifier.clone(),
+        ));
+        blocks.push(watchdog.clone());
+        supervisor.spawn_loop(
+            "disk_watchdog",
+            Duration::from_secs(s.ops.disk_watchdog_interval_s),
+            move || {
+                let w = watchdog.clone();
+                async move { w.tick().await }
+            },
+        );
+    }
+    // F-29: the build-cache pruner, started last so it stops first. Its
+    // block shows even when it is off or has no target.
+    let pruner = Arc::new(build_cache_pruner::Pruner::from_settings(
+        s,
+        rt.notifier.clone(),
+    ));
+    blocks.push(pruner.clone());
+    if s.ops.build_cache_prune_enabled && !s.ops.build_cache_prune_target.is_empty() {
+        supervisor.spawn_loop(
+            "build_cache_pruner",
+            Duration::from_secs(s.ops.build_cache_prune_interval_s),
+            move || {
+                let p = pruner.clone();
+                async move { p.tick().await }
+            },
+        );
+    }
 }

@@ -3,7 +3,10 @@
 //! channel in [`Dedup`] (F-27): a repeat of the same alert within
 //! `ORCH_ALERT_DEDUP_WINDOW_S` is counted, not sent.
 
+pub mod callback;
+pub mod card;
 pub mod dedup;
+pub mod telegram;
 
 use async_trait::async_trait;
 use serde::Serialize;

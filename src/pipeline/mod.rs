@@ -151,6 +151,14 @@ impl Pipeline {
         }
     }
 
+    /// Set a tracker status by key, logging a failure (B-11: a tap shows the
+    /// person's decision in the tracker before the pipeline acts on it).
+    pub async fn show_status(&self, task: &TaskRow, key: &str, caller: &str) {
+        if let Err(e) = self.set_status(task, key, caller).await {
+            tracing::warn!(work_item = %task.work_item, status = key, error = %e, "tracker status not set");
+        }
+    }
+
     /// Every status write of the pipeline goes through here.
     pub async fn set_status(
         &self,

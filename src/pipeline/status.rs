@@ -158,14 +158,7 @@ impl Pipeline {
                 let out = self.advance(task.id, ACTOR).await?;
                 Ok(Handled::Done(format!("approved; {}", describe(&out))))
             }
-            "rejected" => {
-                if task.stage != Stage::Analysis {
-                    return Ok(refused(&task, "Rejected", "analysis"));
-                }
-                let reason = self.rejection_reason(&task).await;
-                self.relaunch_analyst(&task, &format!("Rejected in Plane: {reason}"))
-                    .await
-            }
+            "rejected" => self.reject(&task, None).await,
             "in_progress" => {
                 if c.old_status.as_deref() != Some("needs_input") {
                     return Ok(Handled::Ignored(
@@ -202,6 +195,26 @@ impl Pipeline {
                 "status {other} is one the orchestrator sets; nothing to do"
             ))),
         }
+    }
+
+    /// Rejected: the analyst runs again with the reason: `given` (a reply
+    /// to the Telegram card, B-11) or else the newest Plane comment.
+    pub async fn reject(
+        &self,
+        task: &TaskRow,
+        given: Option<&str>,
+    ) -> Result<Handled, EngineError> {
+        if task.stage != Stage::Analysis {
+            return Ok(refused(task, "Rejected", "analysis"));
+        }
+        let context = match given.map(str::trim).filter(|r| !r.is_empty()) {
+            Some(r) => format!(
+                "Rejected in Telegram: {}",
+                r.chars().take(MAX_REASON_CHARS).collect::<String>()
+            ),
+            None => format!("Rejected in Plane: {}", self.rejection_reason(task).await),
+        };
+        self.relaunch_analyst(task, &context).await
     }
 
     /// To Analyse: create the task (a cancelled one was tombstoned, so this

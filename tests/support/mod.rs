@@ -42,3 +42,4 @@ pub mod plane_webhooks;
 pub mod runtime;
 pub mod sim;
 pub mod stop_env;
+pub mod telegram_double;
