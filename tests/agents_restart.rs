@@ -15,6 +15,14 @@ use orchestrator::domain::Stage;
 use support::runtime::{agent, bare_remote};
 
 fn daemon(dir: &Path, agent_sleep: &str) -> Child {
+    daemon_with(
+        dir,
+        &format!("AGENT_SLEEP={agent_sleep} {}", agent("contract-agent.sh")),
+        &[],
+    )
+}
+
+fn daemon_with(dir: &Path, agent_command: &str, extra: &[(&str, &str)]) -> Child {
     // No HTTP is needed here: an OS-chosen port cannot collide.
     Command::new(support::bin())
         .current_dir(dir)
@@ -25,13 +33,11 @@ fn daemon(dir: &Path, agent_sleep: &str) -> Child {
             format!("sqlite://{}", dir.join("o.db").display()),
         )
         .env("ORCH_WORKSPACE_ROOT", dir.join("ws"))
-        .env(
-            "ORCH_AGENT_COMMAND",
-            format!("AGENT_SLEEP={agent_sleep} {}", agent("contract-agent.sh")),
-        )
+        .env("ORCH_AGENT_COMMAND", agent_command)
         .env("ORCH_WORKER_POLL_INTERVAL_MS", "100")
         .env("ORCH_RECONCILER_INTERVAL_S", "1")
         .env("ORCH_REAPER_INTERVAL_S", "1")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -151,4 +157,133 @@ async fn restart_adopts_a_running_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_finalizes_an_agent_that_ended_while_down() {
     run_case("1", true).await;
+}
+
+/// B-8 after a restart: an agent adopted by the next daemon is under the
+/// same stall check as one it started (not only under the reaper's tier 3,
+/// whose ceiling is hours). The first daemon's stall timeout is long; the
+/// second's is 2 s: the silent agent is stopped, its group gone, the job
+/// carries the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_silent_agent_is_stall_killed_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = setup(dir.path()).await;
+    let db = Db::open(&dir.path().join("o.db")).await.unwrap();
+    let silent = "sleep 600";
+    let mut d1 = daemon_with(dir.path(), silent, &[("ORCH_AGENT_STALL_TIMEOUT_S", "600")]);
+    wait_for("the analyst to run", 30, || async {
+        analyst_job(&db, id)
+            .await
+            .is_some_and(|j| j.status == "running" && j.pgid.is_some())
+    })
+    .await;
+    d1.kill().unwrap(); // SIGKILL
+    d1.wait().unwrap();
+    let job = analyst_job(&db, id).await.unwrap();
+    let pgid = job.pgid.unwrap() as i32;
+    assert!(orchestrator::proc_group::group_alive(pgid));
+    let mut d2 = daemon_with(dir.path(), silent, &[("ORCH_AGENT_STALL_TIMEOUT_S", "2")]);
+    wait_for("the adopted agent to be stall-killed", 30, || async {
+        !orchestrator::proc_group::group_alive(pgid)
+    })
+    .await;
+    // The stalled run ends like any stalled run: retried (a new attempt),
+    // or held once the attempts are spent.
+    wait_for(
+        "the stalled job to end and be retried or held",
+        30,
+        || async {
+            let ended = jobs::get(db.reader(), job.id)
+                .await
+                .unwrap()
+                .is_some_and(|j| j.status != "running");
+            let retried = jobs::for_task(db.reader(), id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|j| j.role == "analyst" && j.attempt > job.attempt);
+            let held = tasks::get(db.reader(), id)
+                .await
+                .unwrap()
+                .unwrap()
+                .hold_reason
+                .is_some();
+            ended && (retried || held)
+        },
+    )
+    .await;
+    d2.kill().unwrap();
+    d2.wait().unwrap();
+    for j in jobs::for_task(db.reader(), id).await.unwrap() {
+        if let Some(p) = j.pgid {
+            orchestrator::proc_group::kill_group(p as i32, Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// B-7 for a real stream: the agent's stream-json spends $0.15 a second and
+/// never ends; with a task budget of $0.50 the group is stopped within one
+/// budget tick of crossing it (the check runs every 5 s), and the task
+/// holds with the reason. The log shows what had been spent when it was
+/// stopped: no more than one tick past the ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_the_budget_is_stopped_and_the_task_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = setup(dir.path()).await;
+    let db = Db::open(&dir.path().join("o.db")).await.unwrap();
+    let mut d = daemon_with(
+        dir.path(),
+        &agent("spender.sh"),
+        &[
+            ("ORCH_TASK_BUDGET_USD", "0.5"),
+            ("ORCH_AGENT_MAX_ATTEMPTS", "3"),
+        ],
+    );
+    wait_for("the task to hold over budget", 60, || async {
+        tasks::get(db.reader(), id)
+            .await
+            .unwrap()
+            .unwrap()
+            .hold_reason
+            .is_some_and(|r| r.contains("budget"))
+    })
+    .await;
+    let job = analyst_job(&db, id).await.unwrap();
+    let hold = tasks::get(db.reader(), id)
+        .await
+        .unwrap()
+        .unwrap()
+        .hold_reason;
+    assert!(
+        hold.as_deref().unwrap_or("").contains("over budget"),
+        "{hold:?} {job:?}"
+    );
+    let pgid = job.pgid.unwrap() as i32;
+    assert!(
+        !orchestrator::proc_group::group_alive(pgid),
+        "the group is stopped"
+    );
+    // How far past the ceiling it got: one message a second, one check
+    // every 5 s, so at most ~5 messages (+ grace) past the $0.50 mark.
+    let run = runs::latest_for_job(db.reader(), job.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let log = std::fs::read_to_string(run.log_path.unwrap()).unwrap();
+    let messages = log.lines().filter(|l| l.contains("\"assistant\"")).count();
+    assert!(
+        (4..=12).contains(&messages),
+        "stopped after {messages} messages (${:.2})",
+        messages as f64 * 0.15
+    );
+    // No second run: a budget is not retried.
+    let analysts = jobs::for_task(db.reader(), id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.role == "analyst")
+        .count();
+    assert_eq!(analysts, 1);
+    d.kill().unwrap();
+    d.wait().unwrap();
 }

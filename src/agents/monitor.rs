@@ -113,43 +113,66 @@ async fn run_job_inner(rt: &Runtime, job: &JobRow) -> anyhow::Result<()> {
 /// Wait for the agent; stall-kill (B-8) and budget-kill (B-7) on the way.
 /// `None` when the daemon shuts down first.
 async fn watch(rt: &Runtime, job: &JobRow, task: &TaskRow, l: &mut Launched) -> Option<Ended> {
+    let owned = l.group.owned.clone();
+    let log = l.paths.log.clone();
+    let group = &mut l.group;
+    supervise(rt, job, task, &log, &owned, proc_group::wait(group)).await
+}
+
+/// The stall (B-8) and budget (B-7) checks around a running agent, whether
+/// this daemon spawned it (`ended` is its `wait`) or adopted it after a
+/// restart (`ended` polls its group): an adopted agent is bounded by the
+/// same checks, not only by the reaper's tier 3. At a ceiling the group is
+/// stopped (only if it is still ours) and the reason goes on the job, where
+/// the finalize reads it (hold and one alert). `None` at shutdown.
+pub async fn supervise(
+    rt: &Runtime,
+    job: &JobRow,
+    task: &TaskRow,
+    log: &std::path::Path,
+    group: &proc_group::Owned,
+    ended: impl std::future::Future<Output = Ended>,
+) -> Option<Ended> {
     let stall = Duration::from_secs(rt.settings.agent_stall_timeout_s);
     let grace = Duration::from_secs(rt.settings.agent_kill_grace_s);
-    let mut last_len = 0u64;
+    let mut last_len = None;
     let mut last_output = tokio::time::Instant::now();
     let mut ticks = 0u32;
     let mut tick = tokio::time::interval(WATCH_EVERY);
     let stop = rt.shutdown.clone().wait();
     tokio::pin!(stop);
+    tokio::pin!(ended);
     loop {
         tokio::select! {
-            ended = proc_group::wait(&mut l.group) => return Some(ended),
+            e = &mut ended => return Some(e),
             _ = &mut stop => return None,
             _ = tick.tick() => {}
         }
         ticks += 1;
         // The log itself, never what a symlink in its place points to.
-        let len = tokio::fs::symlink_metadata(&l.paths.log)
+        let len = tokio::fs::symlink_metadata(log)
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        if len != last_len {
-            last_len = len;
+        let why = if last_len != Some(len) {
+            last_len = Some(len);
             last_output = tokio::time::Instant::now();
+            None
         } else if last_output.elapsed() >= stall {
-            let why = format!("{STALLED}: no output for {}s", stall.as_secs());
-            tracing::warn!(work_item = %task.work_item, job = job.id, "{why}; stopping the agent's process group");
+            Some(format!("{STALLED}: no output for {}s", stall.as_secs()))
+        } else {
+            None
+        };
+        let why = match why {
+            Some(w) => Some(w),
+            None if ticks.is_multiple_of(BUDGET_EVERY) => over_budget(rt, task, job, log).await,
+            None => None,
+        };
+        if let Some(why) = why {
+            tracing::warn!(work_item = %task.work_item, job = job.id, pgid = group.pgid, "{why}; stopping the agent's process group");
             let _ = jobs::set_error(rt.db.writer(), job.id, &why).await;
-            proc_group::kill_group(l.group.pgid, grace).await;
-            return Some(proc_group::wait(&mut l.group).await);
-        }
-        if ticks.is_multiple_of(BUDGET_EVERY)
-            && let Some(why) = over_budget(rt, task, job, &l.paths.log).await
-        {
-            tracing::warn!(work_item = %task.work_item, job = job.id, "{why}; stopping the agent");
-            let _ = jobs::set_error(rt.db.writer(), job.id, &why).await;
-            proc_group::kill_group(l.group.pgid, grace).await;
-            return Some(proc_group::wait(&mut l.group).await);
+            group.kill(grace).await;
+            return Some(ended.await);
         }
     }
 }

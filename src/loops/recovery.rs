@@ -83,27 +83,35 @@ async fn requeue(rt: &Runtime, job: &JobRow, work_item: &str) -> anyhow::Result<
 /// process group while it is still ours, then read the exit code the
 /// wrapper left.
 async fn adopt(rt: Runtime, job: JobRow, run_id: i64, group: proc_group::Owned) {
-    let stop = rt.shutdown.clone().wait();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    let Ok(Some(task)) = tasks::get(rt.db.reader(), job.task_id).await else {
+        tracing::warn!(
+            job = job.id,
+            "adopted run's task is gone; the reaper ends it"
+        );
+        return;
+    };
+    let wi = task.work_item.clone();
+    let log = rt.run_paths(&wi, &job).log;
+    // Gone or no longer ours: the run ended (its exit file tells how).
+    let gone = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let g = group.clone();
+            let ours = tokio::task::spawn_blocking(move || g.check())
+                .await
+                .unwrap_or(proc_group::Ownership::Gone);
+            if ours != proc_group::Ownership::Ours {
+                return proc_group::Ended::Exited(0);
+            }
         }
-        let g = group.clone();
-        let ours = tokio::task::spawn_blocking(move || g.check())
-            .await
-            .unwrap_or(proc_group::Ownership::Gone);
-        if ours != proc_group::Ownership::Ours {
-            break;
-        }
-    }
-    let wi = tasks::get(rt.db.reader(), job.task_id)
+    };
+    // The same stall and budget checks as a run this daemon started.
+    if monitor::supervise(&rt, &job, &task, &log, &group, gone)
         .await
-        .ok()
-        .flatten()
-        .map(|t| t.work_item)
-        .unwrap_or_default();
+        .is_none()
+    {
+        return;
+    }
     let code = rt.run_paths(&wi, &job).read_exit().unwrap_or(137);
     let result = async {
         monitor::finish_run(&rt, &job, run_id, proc_group::Ended::Exited(code as i32)).await?;
