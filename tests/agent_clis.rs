@@ -87,13 +87,7 @@ fn expected(api: Api) -> (i64, i64, i64, i64) {
 
 /// The `total_cost_usd` of the last `result` line Claude Code printed.
 fn claude_reported_cost(log: &str) -> f64 {
-    let text = std::fs::read_to_string(log).unwrap();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "result")
-        .last()
-        .and_then(|v| v["total_cost_usd"].as_f64())
-        .unwrap_or_else(|| panic!("no result line with total_cost_usd in {log}:\n{text}"))
+    claude_cost_in(&std::fs::read_to_string(log).unwrap())
 }
 
 struct Cli {
@@ -221,11 +215,12 @@ async fn check_runs(w: &World, db: &Db, model: &ModelDouble, id: i64, codex_role
                 assert_eq!(r.usage_format.as_deref(), Some("claude-stream-json"));
                 let reported = claude_reported_cost(log);
                 assert!(reported > 0.0);
-                assert!(
-                    (r.cost_usd - reported).abs() < 1e-12,
+                // Exactly: read with serde_json's float_roundtrip, stored
+                // as SQLite REAL (an IEEE double).
+                assert_eq!(
+                    r.cost_usd, reported,
                     "{}: recorded {} vs the CLI's total_cost_usd {reported}",
-                    r.role,
-                    r.cost_usd
+                    r.role, r.cost_usd
                 );
             }
             Api::OpenAi => {
@@ -356,4 +351,113 @@ async fn claude_code_as_every_role_reaches_done_with_the_usage_it_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_as_developer_reviewer_and_tester_reaches_done_with_its_usage() {
     pipeline(&["developer", "reviewer", "tester"]).await;
+}
+
+/// Runs `command` (a template of `support::clis`) in a fresh directory as
+/// the analyst of DEMO-7, outside the daemon; returns its stdout.
+async fn run_cli(model: &ModelDouble, command: &str, model_name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = dir.path().join("prompt.md");
+    std::fs::write(
+        &prompt,
+        "# You are the analyst of work item DEMO-7\n\n## Your task (analysis stage)\n\nWrite the BRD.\n",
+    )
+    .unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("ORCH_PROMPT_FILE", &prompt)
+        .env("ORCH_MODEL", model_name)
+        .envs(clis::env(&model.base_url()))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command}: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        work.join("docs/work-items/DEMO-7/01-brd.md").is_file(),
+        "the tool call ran: {stdout}"
+    );
+    // CAPTURE_FIXTURES=<dir>: keep the output (how the fixtures in
+    // tests/fixtures/agents/*-2.1.328*, *-0.171.0* were made).
+    if let Some(dir) = std::env::var_os("CAPTURE_FIXTURES") {
+        let name = format!("{}.out", command.len());
+        std::fs::write(PathBuf::from(dir).join(name), &stdout).unwrap();
+    }
+    stdout
+}
+
+fn tokens(u: &usage::Usage) -> (i64, i64, i64, i64) {
+    let i = |x: u64| x as i64;
+    (
+        i(u.input_tokens),
+        i(u.output_tokens),
+        i(u.cache_read_tokens),
+        i(u.cache_creation_tokens),
+    )
+}
+
+/// Each output format of the pinned CLIs, straight from the CLI: the
+/// parser reads the scripted usage, and Claude's own cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cli_output_format_reads_as_the_scripted_usage() {
+    let Some(cli) = clis(true) else {
+        return;
+    };
+    let model = ModelDouble::start().await;
+    let prices = PriceTable::for_model(clis::CLAUDE_MODEL);
+
+    let stream = run_cli(
+        &model,
+        &clis::claude_command(&cli.claude),
+        clis::CLAUDE_MODEL,
+    )
+    .await;
+    let parsed = usage::parse(&stream, &prices);
+    assert_eq!(parsed.warning, None, "{stream}");
+    assert_eq!(parsed.usage.format, usage::UsageFormat::ClaudeStreamJson);
+    assert_eq!(tokens(&parsed.usage), expected(Api::Anthropic));
+    assert_eq!(parsed.usage.cost_usd, claude_cost_in(&stream));
+
+    let json_cmd = clis::claude_command(&cli.claude).replace(
+        "--output-format stream-json --verbose",
+        "--output-format json",
+    );
+    let json = run_cli(&model, &json_cmd, clis::CLAUDE_MODEL).await;
+    let parsed = usage::parse(&json, &prices);
+    assert_eq!(parsed.warning, None, "{json}");
+    assert_eq!(parsed.usage.format, usage::UsageFormat::ClaudeJson);
+    assert_eq!(tokens(&parsed.usage), expected(Api::Anthropic));
+    assert_eq!(parsed.usage.cost_usd, claude_cost_in(&json));
+
+    let codex_cmd = clis::codex_command(cli.codex.as_ref().unwrap(), &model.base_url());
+    let codex = run_cli(&model, &codex_cmd, clis::CODEX_MODEL).await;
+    let parsed = usage::parse(&codex, &PriceTable::for_model(clis::CODEX_MODEL));
+    assert_eq!(parsed.warning, None, "{codex}");
+    assert_eq!(parsed.usage.format, usage::UsageFormat::CodexExecJson);
+    assert_eq!(tokens(&parsed.usage), expected(Api::OpenAi));
+    assert!(
+        !parsed.usage.is_error,
+        "a model-metadata warning item is no error"
+    );
+}
+
+fn claude_cost_in(out: &str) -> f64 {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "result")
+        .last()
+        .and_then(|v| v["total_cost_usd"].as_f64())
+        .unwrap_or_else(|| panic!("no total_cost_usd: {out}"))
 }
