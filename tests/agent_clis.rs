@@ -304,7 +304,7 @@ fn thousands(n: i64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -455,9 +455,9 @@ async fn each_cli_output_format_reads_as_the_scripted_usage() {
 
 fn claude_cost_in(out: &str) -> f64 {
     out.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "result")
-        .last()
+        .find(|v| v["type"] == "result")
         .and_then(|v| v["total_cost_usd"].as_f64())
         .unwrap_or_else(|| panic!("no total_cost_usd: {out}"))
 }

@@ -41,9 +41,13 @@ pub fn claude_command(bin: &Path) -> String {
 /// double's root + `/v1`). Codex's own sandbox is off: the daemon confines
 /// the agent with Landlock already, and Codex's sandbox cannot nest inside
 /// it (ADR 0012).
+/// `CODEX_SANDBOX_FLAGS` replaces the sandbox flags, to measure another
+/// setting again (ADR 0012 records what `workspace-write` does).
 pub fn codex_command(bin: &Path, base_url: &str) -> String {
+    let sandbox = std::env::var("CODEX_SANDBOX_FLAGS")
+        .unwrap_or_else(|_| "--dangerously-bypass-approvals-and-sandbox".into());
     format!(
-        "'{}' exec --json --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox \
+        "'{}' exec --json --skip-git-repo-check {sandbox} \
          ${{ORCH_MODEL:+-m \"$ORCH_MODEL\"}} \
          -c 'model_providers.double={{name=\"double\",base_url=\"{base_url}/v1\",wire_api=\"responses\",env_key=\"OPENAI_API_KEY\"}}' \
          -c model_provider=double - < \"$ORCH_PROMPT_FILE\"",
