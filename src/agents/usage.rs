@@ -480,28 +480,49 @@ fn parse_codex(objects: &[&Value], prices: &PriceTable) -> Parsed {
         ..Usage::default()
     };
     let mut turns = 0;
+    // Codex 0.17x prints `{"type":"error","message":"Reconnecting... 2/5"}`
+    // for a stream it retries: an `error` that a completed turn follows was
+    // recovered from. `turn.failed` always counts.
+    let mut failed = false;
+    let mut pending_error = false;
     for o in objects {
         match kind(o) {
             "turn.completed" => {
                 turns += 1;
+                pending_error = false;
                 let field = |k: &str| tokens(o.get("usage").and_then(|u| u.get(k)));
                 let input = field("input_tokens");
-                // Codex counts cached tokens inside input_tokens; split them
-                // out so full_input() does not count them twice.
+                // Codex counts cached tokens inside input_tokens (the
+                // Responses API's `input_tokens` is the whole input); split
+                // them out so full_input() does not count them twice. 0.17x
+                // also prints `cache_write_input_tokens` (0 on OpenAI, which
+                // bills no cache writes), taken as part of the input too.
                 let cached = field("cached_input_tokens").min(input);
+                let written = field("cache_write_input_tokens").min(input - cached);
                 usage += Usage {
-                    input_tokens: input - cached,
+                    input_tokens: input - cached - written,
                     cache_read_tokens: cached,
+                    cache_creation_tokens: written,
                     output_tokens: field("output_tokens"),
                     ..Usage::default()
                 };
             }
-            kind @ ("turn.failed" | "error") => {
-                usage.is_error = true;
-                usage.error_subtype = Some(kind.to_string());
+            "turn.failed" => {
+                failed = true;
+                usage.error_subtype = Some("turn.failed".to_string());
+            }
+            "error" => {
+                pending_error = true;
+                if !failed {
+                    usage.error_subtype = Some("error".to_string());
+                }
             }
             _ => {}
         }
+    }
+    usage.is_error = failed || pending_error;
+    if !usage.is_error {
+        usage.error_subtype = None;
     }
     // Codex prints no cost: price it, by the model the stream names if any.
     usage.cost_usd = prices.cost(model_of(objects).as_deref(), &usage);
@@ -541,6 +562,12 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+/// The output of the pinned CLIs (B-14), captured from them talking to the
+/// test doubles: kept apart so this file stays readable.
+#[cfg(test)]
+#[path = "usage_cli_tests.rs"]
+mod cli_tests;
 
 #[cfg(test)]
 mod tests {

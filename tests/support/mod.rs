@@ -32,11 +32,13 @@ pub fn db_path(dir: &Path) -> PathBuf {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_orchestrator")
 }
+pub mod clis;
 pub mod daemon;
 pub mod deploy_env;
 pub mod doubles;
 pub mod gitea_double;
 pub mod intake_env;
+pub mod model_api;
 pub mod plane_double;
 pub mod plane_webhooks;
 pub mod runtime;
