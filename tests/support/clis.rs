@@ -120,6 +120,9 @@ fn found(name: &str, version: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
     if std::env::var_os("CI").is_some() {
         panic!("{msg}!!!!! CI is set: a test that runs no CLI proves nothing; failing.\n");
     }
-    eprintln!("{msg}!!!!! SKIPPED (CI is not set).\n");
+    // Straight to the stream, not eprintln!: libtest hides a passing test's
+    // captured output, and this skip must be seen.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}!!!!! SKIPPED (CI is not set).\n");
     None
 }
