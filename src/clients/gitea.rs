@@ -165,10 +165,27 @@ impl GiteaClient {
         repo: &ForgeRepo,
         branch: &str,
     ) -> Result<Option<u64>, ClientError> {
-        for page in 1..=20u32 {
+        let hit = self
+            .scan_prs(repo, &[("state", "open")], 20, |p| {
+                p.pointer("/head/ref").and_then(Value::as_str) == Some(branch)
+            })
+            .await?;
+        Ok(hit.and_then(|p| p.get("number").and_then(Value::as_u64)))
+    }
+
+    /// The first PR into the default branch, over at most `pages` pages of
+    /// 50 with the `query`, for which `pick` holds.
+    async fn scan_prs(
+        &self,
+        repo: &ForgeRepo,
+        query: &[(&str, &str)],
+        pages: u32,
+        pick: impl Fn(&Value) -> bool,
+    ) -> Result<Option<Value>, ClientError> {
+        for page in 1..=pages {
             let mut url = self.url(repo, &["pulls"])?;
             url.query_pairs_mut()
-                .append_pair("state", "open")
+                .extend_pairs(query.iter().copied())
                 .append_pair("limit", "50")
                 .append_pair("page", &page.to_string());
             let (status, v) = self.call_checked(Method::GET, url, None).await?;
@@ -179,11 +196,11 @@ impl GiteaClient {
                 return Ok(None);
             };
             let hit = list.iter().find(|p| {
-                p.pointer("/head/ref").and_then(Value::as_str) == Some(branch)
-                    && p.pointer("/base/ref").and_then(Value::as_str) == Some(&repo.default_branch)
+                p.pointer("/base/ref").and_then(Value::as_str) == Some(&repo.default_branch)
+                    && pick(p)
             });
             if let Some(p) = hit {
-                return Ok(p.get("number").and_then(Value::as_u64));
+                return Ok(Some(p.clone()));
             }
             if list.len() < 50 {
                 return Ok(None);
@@ -467,33 +484,16 @@ impl Forge for GiteaClient {
     ) -> Result<Option<Value>, ClientError> {
         // Recently updated closed PRs first: a merge the poll looks for is
         // recent. A few pages bound the cost of one reconciler pass.
-        for page in 1..=3u32 {
-            let mut url = self.url(repo, &["pulls"])?;
-            url.query_pairs_mut()
-                .append_pair("state", "closed")
-                .append_pair("sort", "recentupdate")
-                .append_pair("limit", "50")
-                .append_pair("page", &page.to_string());
-            let (status, v) = self.call_checked(Method::GET, url, None).await?;
-            if !status.is_success() {
-                return Err(rejected(status, &v));
-            }
-            let Some(list) = v.as_array() else {
-                return Ok(None);
-            };
-            let hit = list.iter().find(|p| {
+        self.scan_prs(
+            repo,
+            &[("state", "closed"), ("sort", "recentupdate")],
+            3,
+            |p| {
                 p.get("merged").and_then(Value::as_bool) == Some(true)
                     && p.pointer("/head/ref").and_then(Value::as_str) == Some(branch)
-                    && p.pointer("/base/ref").and_then(Value::as_str) == Some(&repo.default_branch)
-            });
-            if let Some(p) = hit {
-                return Ok(Some(p.clone()));
-            }
-            if list.len() < 50 {
-                return Ok(None);
-            }
-        }
-        Ok(None)
+            },
+        )
+        .await
     }
 
     async fn delete_branch(&self, repo: &ForgeRepo, branch: &str) -> Result<(), ClientError> {
