@@ -318,6 +318,11 @@ async fn webhook_mode_checks_the_secret_stores_once_and_acts() {
         support::daemon::task(&db, task.id).await.stage == Stage::Cancelled
     })
     .await;
+    // The outcome is written after the action commits, so wait for it too.
+    until("the update's outcome is recorded", 10, || async {
+        !outcome(&db, 7001).await.is_empty()
+    })
+    .await;
     assert!(
         outcome(&db, 7001).await.starts_with("done"),
         "{}",
