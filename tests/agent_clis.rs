@@ -106,6 +106,18 @@ fn clis(need_codex: bool) -> Option<Cli> {
     Some(Cli { claude, codex })
 }
 
+/// Codex reports no cost: its runs are priced from the config's table, here
+/// at prices unlike the built-in ones so the test sees which table priced.
+const CODEX_PRICES: &str =
+    "[prices.models.gpt-5-codex]\ninput = 7.0\noutput = 21.0\ncache_read = 0.7\n";
+
+fn codex_prices() -> PriceTable {
+    let doc: toml::Table = toml::from_str(CODEX_PRICES).unwrap();
+    let overrides: orchestrator::domain::prices::PriceOverrides =
+        doc["prices"].clone().try_into().unwrap();
+    PriceTable::with_overrides(&overrides).for_model(clis::CODEX_MODEL)
+}
+
 /// The daemon's world: Claude Code for every role, `codex_roles` run by
 /// Codex (project overrides), the CLIs' files readable by the confined
 /// agents, the model double in the agents' environment.
@@ -117,6 +129,9 @@ async fn cli_world(cli: &Cli, model: &ModelDouble, codex_roles: &[&str]) -> Worl
             "[projects.agents.{role}]\ncommand = '''{cmd}'''\nmodel = \"{}\"\n",
             clis::CODEX_MODEL
         ));
+    }
+    if !codex_roles.is_empty() {
+        project.push_str(CODEX_PRICES);
     }
     let claude = clis::claude_command(&cli.claude);
     let read = clis::node_modules().display().to_string();
@@ -193,7 +208,8 @@ async fn check_runs(w: &World, db: &Db, model: &ModelDouble, id: i64, codex_role
         ],
         "one run per role, no retry"
     );
-    let prices = PriceTable::for_model(clis::CODEX_MODEL);
+    let prices = codex_prices();
+    let built_in = PriceTable::default().for_model(clis::CODEX_MODEL);
     for r in &runs {
         let api = if codex_roles.contains(&r.role.as_str()) {
             Api::OpenAi
@@ -234,6 +250,7 @@ async fn check_runs(w: &World, db: &Db, model: &ModelDouble, id: i64, codex_role
                 };
                 let want = prices.cost(Some(clis::CODEX_MODEL), &u);
                 assert!(want > 0.0);
+                assert_ne!(want, built_in.cost(Some(clis::CODEX_MODEL), &u));
                 assert!((r.cost_usd - want).abs() < 1e-12, "{r:?} vs {want}");
             }
         }
@@ -353,6 +370,100 @@ async fn codex_as_developer_reviewer_and_tester_reaches_done_with_its_usage() {
     pipeline(&["developer", "reviewer", "tester"]).await;
 }
 
+/// B-7 with the real CLI: the developer's first model turn reports 300,000
+/// uncached input tokens ($0.90 at the built-in claude-sonnet-4-5 price)
+/// and asks for a tool call that keeps working. Claude Code prints that
+/// turn as an assistant line while the tool runs; with a stage budget of
+/// $0.50 the monitor prices the line, stops the CLI's process group long
+/// before the tool ends, and the task holds over budget, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_claude_run_past_its_budget_is_stopped_and_the_task_holds() {
+    let Some(cli) = clis(false) else {
+        return;
+    };
+    let model = ModelDouble::start().await;
+    let spend = TurnUsage {
+        input: 300_000,
+        output: 40,
+        cache_read: 0,
+        cache_creation: 0,
+    };
+    model.script_first_turn(
+        "developer",
+        spend,
+        "timeout 120 tail -f /dev/null; touch never-reached",
+    );
+    let mut w = cli_world(&cli, &model, &[]).await;
+    w.env.push(("ORCH_STAGE_BUDGET_USD".into(), "0.5".into()));
+    let mut daemon = w.start().await;
+    let db = Db::open(&w.db_path()).await.unwrap();
+    let (_item, task) = w.task_at(&db, 5, Stage::Development).await;
+    orchestrator::db::jobs::enqueue(&db, task.id, Stage::Development, "developer", 1, "")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(90);
+    while !support::daemon::task(&db, task.id)
+        .await
+        .hold_reason
+        .is_some_and(|r| r.contains("over budget"))
+    {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = runs_of(&db, task.id)
+                .await
+                .iter()
+                .filter_map(|r| r.log_path.as_deref())
+                .map(|l| {
+                    let text = std::fs::read_to_string(l).unwrap_or_default();
+                    text.lines().skip(1).collect::<Vec<_>>().join("\n")
+                })
+                .collect();
+            panic!(
+                "no hold over budget: {:?}\nruns' logs: {logs:?}\n{}",
+                support::daemon::task(&db, task.id).await,
+                w.log()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(100),
+        "stopped before the tool's 120 s ran out"
+    );
+    let jobs = orchestrator::db::jobs::for_task(db.reader(), task.id)
+        .await
+        .unwrap();
+    let developers: Vec<_> = jobs.iter().filter(|j| j.role == "developer").collect();
+    assert_eq!(developers.len(), 1, "a budget is not retried: {jobs:?}");
+    let pgid = developers[0].pgid.expect("the run's group") as i32;
+    until("the CLI's group is gone", 20, || async {
+        !orchestrator::proc_group::group_alive(pgid)
+    })
+    .await;
+    let served: Vec<_> = model
+        .served()
+        .into_iter()
+        .filter(|s| s.role == "developer")
+        .collect();
+    assert_eq!(served.len(), 1, "the tool never finished: {served:?}");
+    let wt = w.dir.path().join("ws");
+    let reached = walk_finds(&wt, "never-reached");
+    assert!(!reached, "the tool call was stopped");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.exited(60).await;
+}
+
+fn walk_finds(dir: &std::path::Path, name: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let ty = e.file_type().ok();
+        e.file_name() == name
+            || (ty.is_some_and(|t| t.is_dir() && !t.is_symlink()) && walk_finds(&e.path(), name))
+    })
+}
+
 /// Runs `command` (a template of `support::clis`) in a fresh directory as
 /// the analyst of DEMO-7, outside the daemon; returns its stdout.
 async fn run_cli(model: &ModelDouble, command: &str, model_name: &str) -> String {
@@ -416,7 +527,7 @@ async fn each_cli_output_format_reads_as_the_scripted_usage() {
         return;
     };
     let model = ModelDouble::start().await;
-    let prices = PriceTable::for_model(clis::CLAUDE_MODEL);
+    let prices = PriceTable::default().for_model(clis::CLAUDE_MODEL);
 
     let stream = run_cli(
         &model,
@@ -443,7 +554,7 @@ async fn each_cli_output_format_reads_as_the_scripted_usage() {
 
     let codex_cmd = clis::codex_command(cli.codex.as_ref().unwrap(), &model.base_url());
     let codex = run_cli(&model, &codex_cmd, clis::CODEX_MODEL).await;
-    let parsed = usage::parse(&codex, &PriceTable::for_model(clis::CODEX_MODEL));
+    let parsed = usage::parse(&codex, &PriceTable::default().for_model(clis::CODEX_MODEL));
     assert_eq!(parsed.warning, None, "{codex}");
     assert_eq!(parsed.usage.format, usage::UsageFormat::CodexExecJson);
     assert_eq!(tokens(&parsed.usage), expected(Api::OpenAi));

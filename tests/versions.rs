@@ -101,11 +101,19 @@ async fn kill_9_during_the_merge_then_restart_merges_once_on_each_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_branch_moved_after_the_merge_gate_is_not_merged() {
+async fn a_branch_moved_after_the_merge_gate_goes_back_through_it_then_ships_once() {
     // Issue 11 pt 4: the head the merge gate validated is the one merged; a
-    // push after the gate is refused before any merge POST (and a 409
-    // "head out of date" from Gitea is not retried: tests/gitea_client.rs).
-    let w = versioned(GiteaVersion::V1_22, PlaneVersion::V1_0).await;
+    // push after the gate is refused before any merge POST (a 409 "head out
+    // of date" from Gitea is not retried: tests/gitea_client.rs), and the
+    // task goes back to deploy-staging, where staging and the merge gate
+    // judge the new head; the next Confirm Deploy ships it, merged once.
+    let w = world(
+        "deploy_command = 'true'",
+        &[("ORCH_WORKER_POLL_INTERVAL_MS", "100")],
+    )
+    .await;
+    w.gitea.set_version(GiteaVersion::V1_22);
+    w.plane.set_version(PlaneVersion::V1_0);
     let mut d = w.start().await;
     let db = Db::open(&w.db_path()).await.unwrap();
     let (item, t, head) = w.parked_on_deploy(&db, 3).await;
@@ -117,20 +125,48 @@ async fn a_branch_moved_after_the_merge_gate_is_not_merged() {
         .unwrap();
     let moved = w.gitea.advance_branch(REPO, "demo-3");
     assert_eq!(w.plane.human_set_state(&item, "Confirm Deploy").await, 200);
-    until("the task holds", 60, || async {
-        task(&db, t.id).await.hold_reason.is_some()
+    until("the task is back at deploy-staging", 60, || async {
+        task(&db, t.id).await.stage == Stage::DeployStaging
     })
     .await;
-    assert_eq!(task(&db, t.id).await.stage, Stage::Deploy);
     assert_eq!(w.merge_posts(), 0, "nothing merged");
     assert!(!w.gitea.is_in_main(REPO, &moved));
     until("the person is told why", 20, || async {
         w.plane
             .comments(&item)
             .iter()
-            .any(|c| c.html.contains("merge gate"))
+            .any(|c| c.html.contains("merge gate") && c.html.contains("staging"))
     })
     .await;
+    // Staging and the merge gate run on the new head; the task parks at
+    // deploy again, validated at the moved head.
+    // Staging and the merge gate run on the new head (staging commits its
+    // report on top of it); the task parks at deploy again, validated there.
+    until(
+        "staging and the merge gate pass the new head",
+        60,
+        || async { task(&db, t.id).await.stage == Stage::Deploy },
+    )
+    .await;
+    let validated = task(&db, t.id).await.validated_sha.unwrap();
+    assert_ne!(validated, head, "validated anew");
+    assert!(
+        w.gitea.is_ancestor(REPO, &moved, &validated),
+        "the validated head holds the moved branch's commit"
+    );
+    assert_eq!(task(&db, t.id).await.hold_reason, None);
+    until("Awaiting Deploy is shown again", 20, || async {
+        w.plane.state_of(&item) == "Awaiting Deploy"
+    })
+    .await;
+    assert_eq!(w.plane.human_set_state(&item, "Confirm Deploy").await, 200);
+    until("Plane shows Done", 60, || async {
+        w.plane.state_of(&item) == "Done"
+    })
+    .await;
+    assert_eq!(task(&db, t.id).await.stage, Stage::Done, "{}", w.log());
+    assert_eq!((w.merge_posts(), w.merges_in_main()), (1, 1));
+    assert!(w.gitea.is_in_main(REPO, &moved), "the new head shipped");
     d.signal(Signal::SIGTERM);
     d.exited(30).await;
 }

@@ -275,7 +275,7 @@ fn prices_for(rt: &Runtime, project: Option<&str>, role: &str) -> usage::PriceTa
         .and_then(|p| rt.project(p))
         .map(|p| super::launcher::resolve(&rt.settings, p, role).model)
         .unwrap_or_else(|| rt.settings.agent_model.clone());
-    usage::PriceTable::for_model(&model)
+    rt.settings.prices.for_model(&model)
 }
 
 async fn work_item_of(rt: &Runtime, job: &JobRow) -> String {

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::ops::{Add, AddAssign};
 
-use serde::Deserialize;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,89 +140,9 @@ pub struct Parsed {
     pub warning: Option<String>,
 }
 
-/// USD per million tokens for one model.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-pub struct ModelPrice {
-    pub input: f64,
-    pub output: f64,
-    pub cache_read: f64,
-    pub cache_creation: f64,
-}
-
-/// Prices per model, used when the output carries no cost (Codex) or no
-/// result line yet (the running cost of a stream, B-7).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct PriceTable {
-    /// Priced when the output names no model, or one not in `models`.
-    pub default_model: String,
-    pub models: BTreeMap<String, ModelPrice>,
-}
-
-impl Default for PriceTable {
-    /// Public list prices (USD per million tokens) as of late 2025. They are
-    /// configurable and may be outdated: a deployment should set its own.
-    fn default() -> Self {
-        let p = |input, output, cache_read, cache_creation| ModelPrice {
-            input,
-            output,
-            cache_read,
-            cache_creation,
-        };
-        let models = [
-            ("claude-opus-4-5", p(5.0, 25.0, 0.50, 6.25)),
-            ("claude-opus-4-1", p(15.0, 75.0, 1.50, 18.75)),
-            ("claude-sonnet-4-5", p(3.0, 15.0, 0.30, 3.75)),
-            ("claude-haiku-4-5", p(1.0, 5.0, 0.10, 1.25)),
-            // OpenAI bills no cache writes, hence cache_creation 0.
-            ("gpt-5", p(1.25, 10.0, 0.125, 0.0)),
-            ("gpt-5-codex", p(1.25, 10.0, 0.125, 0.0)),
-            ("gpt-5-mini", p(0.25, 2.0, 0.025, 0.0)),
-        ];
-        PriceTable {
-            default_model: "claude-sonnet-4-5".to_string(),
-            models: models
-                .into_iter()
-                .map(|(m, p)| (m.to_string(), p))
-                .collect(),
-        }
-    }
-}
+pub use crate::domain::prices::{ModelPrice, PriceTable};
 
 impl PriceTable {
-    /// The default table, pricing output that names no model (Codex) as
-    /// `model` (the role's configured model) when the table knows it.
-    pub fn for_model(model: &str) -> Self {
-        let mut prices = Self::default();
-        let known = prices
-            .models
-            .keys()
-            .filter(|k| !model.is_empty() && model.starts_with(k.as_str()))
-            .max_by_key(|k| k.len())
-            .cloned();
-        if let Some(k) = known {
-            prices.default_model = k;
-        }
-        prices
-    }
-
-    /// The price of `model`: exact name, else the longest listed name the
-    /// model starts with (`claude-sonnet-4-5-20250929` → `claude-sonnet-4-5`),
-    /// else the default model. None when the default is not listed either.
-    pub fn price(&self, model: Option<&str>) -> Option<&ModelPrice> {
-        let by_name = |name: &str| {
-            self.models.get(name).or_else(|| {
-                self.models
-                    .iter()
-                    .filter(|(k, _)| name.starts_with(k.as_str()))
-                    .max_by_key(|(k, _)| k.len())
-                    .map(|(_, p)| p)
-            })
-        };
-        model
-            .and_then(by_name)
-            .or_else(|| self.models.get(&self.default_model))
-    }
-
     /// The cost of `u`'s tokens at `model`'s price (0 when unpriced).
     pub fn cost(&self, model: Option<&str>, u: &Usage) -> f64 {
         let Some(p) = self.price(model) else {

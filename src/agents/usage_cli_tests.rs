@@ -56,7 +56,7 @@ fn claude_2_json_is_one_result_object() {
 
 #[test]
 fn codex_0_171_splits_cached_input_and_ignores_the_metadata_warning() {
-    let prices = PriceTable::for_model("gpt-5-codex");
+    let prices = PriceTable::default().for_model("gpt-5-codex");
     let r = parse(CODEX, &prices);
     assert_eq!(r.warning, None);
     assert_eq!(r.usage.format, UsageFormat::CodexExecJson);

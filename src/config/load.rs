@@ -10,6 +10,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::de::DeserializeOwned;
 
+use crate::domain::prices::{PriceOverrides, PriceTable};
+
 use super::{
     ConfigError, EnvVars, LoadReport, PlaneTable, Project, Secret, Settings, database_path,
 };
@@ -55,10 +57,14 @@ impl Provider for EnvProvider<'_> {
                 cur = d;
             }
             // Lenient parse like figment's own Env: "8080" is a number,
-            // "true" a bool, anything else a string.
-            let value = v
-                .parse::<Value>()
-                .unwrap_or_else(|_| Value::from(v.clone()));
+            // "true" a bool, anything else a string. A secret is a string
+            // whatever it looks like (`ORCH_ADMIN_TOKEN=0123` keeps its 0).
+            let value = if super::SECRET_ENV_KEYS.contains(&k.as_str()) {
+                Value::from(v.clone())
+            } else {
+                v.parse::<Value>()
+                    .unwrap_or_else(|_| Value::from(v.clone()))
+            };
             cur.insert(leaf, value);
         }
         Ok(Profile::Default.collect(dict))
@@ -194,8 +200,22 @@ impl<'a> Fields<'a> {
         0.0
     }
 
+    /// A secret: text, or a number written bare in the TOML file. Anything
+    /// else fails start-up naming the key, never showing the value.
     pub(super) fn secret(&mut self, key: &str) -> Secret {
-        self.or_default::<String>(key, String::new()).pipe(Secret)
+        match self.raw(key) {
+            None => Secret::default(),
+            Some(Value::String(_, s)) => Secret(s),
+            Some(Value::Num(_, n)) => Secret(super::ops::num_text(n)),
+            Some(_) => {
+                let e = format!(
+                    "{}: a secret must be a string (value not shown)",
+                    self.describe(key)
+                );
+                self.errors.push(e);
+                Secret::default()
+            }
+        }
     }
 
     pub(super) fn build(mut self) -> Result<Settings, ConfigError> {
@@ -277,6 +297,7 @@ impl<'a> Fields<'a> {
         }
         let plane: PlaneTable =
             self.required("plane", PlaneTable::default(), "a valid [plane] table");
+        let prices = self.prices();
         let projects: Vec<Project> =
             self.required("projects", Vec::new(), "a valid [[projects]] list");
         self.check_projects(&projects);
@@ -362,6 +383,7 @@ impl<'a> Fields<'a> {
             reconciler_enabled: self.or_default("reconciler_enabled", d.reconciler_enabled),
             alert_dedup_window_s: self.or_default("alert_dedup_window_s", d.alert_dedup_window_s),
             plane,
+            prices,
             projects,
             ops,
         };
@@ -380,6 +402,26 @@ impl<'a> Fields<'a> {
         } else {
             Err(ConfigError::Invalid(self.errors))
         }
+    }
+
+    /// `[prices]`: a price that is not a finite amount ≥ 0 fails start-up
+    /// naming it (a wrong price would silently turn a budget off or trip it).
+    fn prices(&mut self) -> PriceTable {
+        let overrides: PriceOverrides = self.required(
+            "prices",
+            PriceOverrides::default(),
+            "a valid [prices] table (default_model, [prices.models.<model>] input/output/cache_read/cache_creation)",
+        );
+        for (model, price) in &overrides.models {
+            if let Some(field) = price.invalid_field() {
+                let e = format!(
+                    "{}: `prices.models.{model}.{field}` must be a finite amount of USD per million tokens, 0 or more",
+                    self.describe("prices")
+                );
+                self.errors.push(e);
+            }
+        }
+        PriceTable::with_overrides(&overrides)
     }
 
     fn check_projects(&mut self, projects: &[Project]) {

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use load::{EnvProvider, Fields, line_col};
 
+use crate::domain::prices::PriceTable;
+
 /// Environment variables that hold the daemon's own secrets: never handed on
 /// to an agent or a gate command (they run code we did not write).
 pub const SECRET_ENV_KEYS: &[&str] = &[
@@ -330,6 +332,10 @@ pub struct Settings {
     pub alert_dedup_window_s: u64,
 
     pub plane: PlaneTable,
+    /// Per-model prices (USD per million tokens) for output that reports no
+    /// cost (Codex) and for the running cost of a stream (B-7): the built-in
+    /// list with the TOML's `[prices]` laid over it.
+    pub prices: PriceTable,
     pub projects: Vec<Project>,
     /// Telegram card and gates, disk watchdog, build-cache pruner
     /// (F-26..F-29, B-11): `config/ops.rs`.
@@ -397,6 +403,7 @@ impl Default for Settings {
             reconciler_enabled: true,
             alert_dedup_window_s: 3600,
             plane: PlaneTable::default(),
+            prices: PriceTable::default(),
             projects: Vec::new(),
             ops: OpsSettings::default(),
         }

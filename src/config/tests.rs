@@ -222,3 +222,71 @@ fn artifact_max_bytes_defaults_to_one_mib_and_must_be_positive() {
         );
     }
 }
+
+#[test]
+fn prices_from_the_file_lay_over_the_built_in_table() {
+    let f = toml_file(
+        "[prices]\ndefault_model = \"house\"\n[prices.models.house]\ninput = 2.0\noutput = 6.0\n\
+         [prices.models.gpt-5-codex]\ninput = 9.0\noutput = 9.0\n",
+    );
+    let (s, r) = Settings::load_with(Some(f.path()), &env(&[])).unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(s.prices.price(None).unwrap().output, 6.0);
+    assert_eq!(s.prices.price(Some("gpt-5-codex")).unwrap().input, 9.0);
+    assert_eq!(s.prices.price(Some("claude-haiku-4-5")).unwrap().input, 1.0);
+    let (d, _) = Settings::load(&env(&[])).unwrap();
+    assert_eq!(d.prices, crate::domain::prices::PriceTable::default());
+}
+
+#[test]
+fn a_bad_price_fails_start_up_naming_it() {
+    for (text, named) in [
+        (
+            "[prices.models.m]\ninput = -1.0\noutput = 1.0\n",
+            "prices.models.m.input",
+        ),
+        ("[prices.models.m]\ninput = 1.0\n", "[prices]"),
+        ("[prices]\nmodel = \"x\"\n", "[prices]"),
+    ] {
+        let f = toml_file(text);
+        let Err(ConfigError::Invalid(errors)) = Settings::load_with(Some(f.path()), &env(&[]))
+        else {
+            panic!("{text:?} must fail");
+        };
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(named) && e.contains("prices")),
+            "{text:?}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn a_numeric_secret_is_a_secret_kept_whole_and_never_printed() {
+    let (s, r) = Settings::load(&env(&[
+        ("ORCH_ADMIN_TOKEN", "0123456"),
+        ("ORCH_GITEA_TOKEN", "42"),
+        ("ORCH_PLANE_API_KEY", "true"),
+    ]))
+    .unwrap();
+    assert_eq!(s.admin_token.expose(), "0123456", "leading zero kept");
+    assert_eq!(s.gitea_token.expose(), "42");
+    assert_eq!(s.plane_api_key.expose(), "true");
+    let all = format!("{r:?}");
+    assert!(!all.contains("0123456") && !all.contains("123456"), "{all}");
+
+    let f = toml_file("admin_token = 987654\n");
+    let (s, r) = Settings::load_with(Some(f.path()), &env(&[])).unwrap();
+    assert_eq!(s.admin_token.expose(), "987654");
+    assert!(!format!("{r:?}").contains("987654"));
+
+    let f = toml_file("admin_token = [1, 2]\n");
+    let Err(ConfigError::Invalid(errors)) = Settings::load_with(Some(f.path()), &env(&[])) else {
+        panic!("a list is no secret");
+    };
+    assert!(
+        errors.iter().any(|e| e.contains("admin_token")),
+        "{errors:?}"
+    );
+}

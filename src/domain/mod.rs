@@ -1,6 +1,7 @@
 //! Pure types, no I/O: the stage table, verdict parsing, the gate registry.
 
 pub mod gates;
+pub mod prices;
 pub mod stage;
 pub mod verdict;
 

@@ -185,7 +185,9 @@ pub const STAGE_TRANSITIONS: [StageSpec; 10] = [
         order: 7,
         name: "deploy",
         next: Some(Stage::Done),
-        rollback: None,
+        // A branch that moved after the merge gate goes back through it
+        // (issue 11 pt 4): staging and the gate judge the new head.
+        rollback: Some(Stage::DeployStaging),
         gate: Some(GateId::DeployConfirmed),
         effects_on_pass: &[EffectKind::MergePr, EffectKind::ProdDeploy],
         role: Some("deployer"),

@@ -436,6 +436,12 @@ impl MergePr {
 pub const HEAD_MOVED: &str =
     "nothing was merged: the new head must pass the merge gate before it can ship";
 
+/// Did a merge fail because the branch moved after the merge gate? Then the
+/// task goes back through deploy-staging instead of holding.
+pub fn head_moved(error: &str) -> bool {
+    error.contains(HEAD_MOVED)
+}
+
 pub struct ProdDeploy(pub DeployDeps);
 
 /// How a production deploy run ended, as the journal must record it: only

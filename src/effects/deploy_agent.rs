@@ -16,7 +16,7 @@ use std::time::Duration;
 use super::deploy::{DeployDeps, write_durably};
 use crate::agents::launcher;
 use crate::agents::prompts::{self, PromptInput};
-use crate::agents::usage::{self, PriceTable};
+use crate::agents::usage;
 use crate::config::Project;
 use crate::db::now_ms;
 use crate::db::runs::{self, NewRun};
@@ -167,7 +167,7 @@ pub(super) async fn deploy(
 
     // Its log is the agent's output: its tail, bounded, never followed.
     let output = crate::untrusted::log_tail_text(&log, crate::untrusted::LOG_TAIL_BYTES).await;
-    let parsed = usage::parse(&output, &PriceTable::for_model(&spec.model));
+    let parsed = usage::parse(&output, &deps.settings.prices.for_model(&spec.model));
     if let Some(w) = &parsed.warning {
         tracing::warn!(work_item = %wi, "deployer usage: {w}");
     }

@@ -204,6 +204,13 @@ async fn rebase_and_retest(
             work_item,
             "no test_command: the merge gate cannot re-test; passing on the rebase alone"
         );
+        // The rebased head is the one this gate passed: the deploy merges
+        // it (an unrecorded rebase would read as "moved after the gate").
+        let head = git::git(&wt, &["rev-parse", "HEAD"])
+            .await?
+            .trim()
+            .to_string();
+        tasks::set_validated_sha(rt.db.writer(), task.id, &head).await?;
         return Ok((Class::Pass { retested: false }, wt));
     }
     let out = run_in_group(

@@ -11,8 +11,10 @@
 //! converges the tracker to Done.
 //!
 //! A failed effect holds the task (the engine marks it and alerts). Here the
-//! person hears why, and a coverage drop rolls the task back to development
-//! with the reason in the developer's next prompt.
+//! person hears why, a coverage drop rolls the task back to development
+//! with the reason in the developer's next prompt, and a merge refused
+//! because the branch moved after the merge gate rolls it back to
+//! deploy-staging, where staging and the gate judge the new head.
 
 use super::Pipeline;
 use crate::db::deploys;
@@ -27,6 +29,9 @@ use crate::stage_engine::{EngineError, Outcome, transition_key};
 pub const FINALIZER: &str = "deploy-finalizer";
 /// The actor of the coverage gate's rollback.
 pub const COVERAGE_GATE: &str = "coverage-gate";
+/// The actor of the rollback of a merge refused because the branch moved
+/// after the merge gate (issue 11 pt 4).
+pub const MERGE_HEAD_GUARD: &str = "merge-head-guard";
 
 impl Pipeline {
     /// A person's Confirm Deploy (F-23, phase B), as the intake handles it:
@@ -209,6 +214,24 @@ impl Pipeline {
                 .await?;
             tracing::info!(work_item = %task.work_item, outcome = ?rolled, "coverage drop: rolled back");
             // Boxed: after_move called us.
+            return Box::pin(self.after_move(task_id, &rolled)).await;
+        }
+        if !unknown
+            && *kind == EffectKind::MergePr
+            && *stage == Stage::Deploy
+            && crate::effects::deploy::head_moved(error)
+        {
+            let reason = format!(
+                "{} The task goes back to staging and the merge gate for the new head;                  Confirm Deploy again once it is green.",
+                error.trim_start_matches("effect failed: ")
+            );
+            self.comment(&task, &ckey, &format!("<p>↩️ {}</p>", html_escape(&reason)))
+                .await;
+            let rolled = self
+                .engine
+                .rollback(task_id, Stage::Deploy, MERGE_HEAD_GUARD, &reason)
+                .await?;
+            tracing::info!(work_item = %task.work_item, outcome = ?rolled, "branch moved after the merge gate: back to deploy-staging");
             return Box::pin(self.after_move(task_id, &rolled)).await;
         }
         let retry = match (*stage == Stage::Deploy, unknown) {

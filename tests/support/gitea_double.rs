@@ -226,6 +226,16 @@ impl GiteaDouble {
         .0
     }
 
+    /// Is `ancestor` reachable from `descendant` in the repository?
+    pub fn is_ancestor(&self, full_name: &str, ancestor: &str, descendant: &str) -> bool {
+        let bare = self.lock().repos[full_name].bare.clone();
+        try_git(
+            &bare,
+            &["merge-base", "--is-ancestor", ancestor, descendant],
+        )
+        .0
+    }
+
     pub fn pulls(&self, full_name: &str) -> Vec<Pull> {
         self.lock().repos[full_name].pulls.clone()
     }

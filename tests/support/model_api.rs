@@ -97,6 +97,9 @@ pub struct Served {
 pub struct ModelState {
     pub requests: Vec<(String, String)>,
     pub served: Vec<Served>,
+    /// A role whose first turn is answered otherwise: that usage and that
+    /// shell command (a run that spends much and keeps working, B-7).
+    pub first_turn: Option<(String, TurnUsage, String)>,
 }
 
 pub struct ModelDouble {
@@ -130,6 +133,12 @@ impl ModelDouble {
 
     pub fn requests(&self) -> Vec<(String, String)> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Answer `role`'s first turn with `usage` and a tool call of `command`
+    /// instead of the artifact script.
+    pub fn script_first_turn(&self, role: &str, usage: TurnUsage, command: &str) {
+        self.state.lock().unwrap().first_turn = Some((role.into(), usage, command.into()));
     }
 
     /// The requests that hit no model endpoint (method and path).
@@ -257,9 +266,16 @@ async fn messages(State(state): State<Arc<Mutex<ModelState>>>, uri: Uri, body: B
         turn,
         model: model.clone(),
     });
-    let tool = (turn == 0).then(|| artifact_command(&role, &work_item, &stage));
+    let scripted = state.lock().unwrap().first_turn.clone();
+    let (usage, tool) = match scripted {
+        Some((r, usage, command)) if turn == 0 && r == role => (usage, Some(command)),
+        _ => (
+            CLAUDE_TURNS[turn],
+            (turn == 0).then(|| artifact_command(&role, &work_item, &stage)),
+        ),
+    };
     let id = format!("msg_{work_item}_{role}_{turn}");
-    claude_turn(&model, &id, CLAUDE_TURNS[turn], tool, req["stream"] == true)
+    claude_turn(&model, &id, usage, tool, req["stream"] == true)
 }
 
 fn msgs_text(msgs: &[Value]) -> String {
