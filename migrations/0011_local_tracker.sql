@@ -31,3 +31,30 @@ CREATE TABLE local_comments (
     UNIQUE (item_id, idempotency_key)
 );
 CREATE INDEX local_comments_item ON local_comments (item_id, id);
+
+-- A person's status change in the local tracker is a delivery like a
+-- webhook's (source `local`): the source CHECK of 0001 is widened. SQLite
+-- cannot alter a CHECK, so the table is rebuilt with its rows, ids and
+-- indexes (nothing references it).
+CREATE TABLE webhook_deliveries_new (
+    id           INTEGER PRIMARY KEY,
+    source       TEXT    NOT NULL CHECK (source IN ('plane','gitea','local')),
+    delivery_id  TEXT    NOT NULL,
+    event        TEXT    NOT NULL DEFAULT '',
+    content_key  TEXT,
+    headers      TEXT    NOT NULL DEFAULT '{}',
+    body         BLOB    NOT NULL,
+    received_at  INTEGER NOT NULL,
+    processed_at INTEGER,
+    outcome      TEXT,
+    UNIQUE (source, delivery_id)
+);
+INSERT INTO webhook_deliveries_new
+    (id, source, delivery_id, event, content_key, headers, body, received_at, processed_at, outcome)
+SELECT id, source, delivery_id, event, content_key, headers, body, received_at, processed_at, outcome
+FROM webhook_deliveries;
+DROP TABLE webhook_deliveries;
+ALTER TABLE webhook_deliveries_new RENAME TO webhook_deliveries;
+CREATE UNIQUE INDEX webhook_deliveries_content ON webhook_deliveries (source, content_key)
+    WHERE content_key IS NOT NULL;
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (id) WHERE processed_at IS NULL;
