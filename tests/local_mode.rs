@@ -33,11 +33,20 @@ async fn happy_path_on_each_pair() {
             w.status_of(&d, &item).await == "Done"
         })
         .await;
-        assert_eq!(task(&db, t.id).await.stage, Stage::Done, "{pair:?}: {}", w.log());
+        assert_eq!(
+            task(&db, t.id).await.stage,
+            Stage::Done,
+            "{pair:?}: {}",
+            w.log()
+        );
         assert_eq!(w.merges_in_main(), 1, "{pair:?}");
         assert!(w.gitea.is_in_main(REPO, &head), "{pair:?}");
         if pair == Pair::Local {
-            assert!(w.log().contains("merged and pushed the default branch"), "{}", w.log());
+            assert!(
+                w.log().contains("merged and pushed the default branch"),
+                "{}",
+                w.log()
+            );
         }
         d.signal(Signal::SIGTERM);
         d.exited(30).await;
@@ -51,7 +60,11 @@ async fn rejected_relaunches_the_analyst_with_the_comment_on_each_pair() {
         let mut d = w.start().await;
         let db = Db::open(&w.db_path()).await.unwrap();
         let (item, t) = w.item_at(&d, &db, 1, Stage::Analysis, "In Review").await;
-        assert!(w.person_comments(&d, &item, "The BRD forgets the rollback").await < 300);
+        assert!(
+            w.person_comments(&d, &item, "The BRD forgets the rollback")
+                .await
+                < 300
+        );
         assert_eq!(w.person_sets(&d, &item, "Rejected").await, 200);
         until("an analyst job with the reason", 30, || async {
             jobs::for_task(db.reader(), t.id)
@@ -95,7 +108,11 @@ async fn stop_cancels_and_deletes_the_task_branch_on_each_pair() {
             w.status_of(&d, &item).await == "Cancelled"
         })
         .await;
-        assert_eq!(w.gitea.rev(REPO, "main"), main_before, "{pair:?}: main untouched");
+        assert_eq!(
+            w.gitea.rev(REPO, "main"),
+            main_before,
+            "{pair:?}: main untouched"
+        );
         d.signal(Signal::SIGTERM);
         d.exited(30).await;
     }
@@ -126,8 +143,7 @@ async fn kill_9_during_the_merge_then_restart_merges_once_on_each_pair() {
             .await;
         assert_eq!(w.person_sets(&first, &item, "Confirm Deploy").await, 200);
         until("the merge landed, its answer outstanding", 60, || async {
-            w.gitea.is_in_main(REPO, &head)
-                && hang_pid.as_ref().is_none_or(|p| p.exists())
+            w.gitea.is_in_main(REPO, &head) && hang_pid.as_ref().is_none_or(|p| p.exists())
         })
         .await;
         first.signal(Signal::SIGKILL);
@@ -144,7 +160,12 @@ async fn kill_9_during_the_merge_then_restart_merges_once_on_each_pair() {
         })
         .await;
         assert_eq!(task(&db, t.id).await.stage, Stage::Done, "{pair:?}");
-        assert_eq!(w.merges_in_main(), 1, "{pair:?}: no second merge: {}", w.log());
+        assert_eq!(
+            w.merges_in_main(),
+            1,
+            "{pair:?}: no second merge: {}",
+            w.log()
+        );
         if pair == Pair::PlaneGitea {
             assert_eq!(w.merge_posts(), 1);
         }
