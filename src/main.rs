@@ -142,8 +142,14 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     if let Some(op) = operator_op(&cli) {
         return operator(&cli, &env, op);
     }
-    if let Some(Command::Demo { .. }) = &cli.command {
-        return demo(cli, &env);
+    if let Some(Command::Demo {
+        dir,
+        exit_when_done,
+        agent,
+        bind,
+    }) = cli.command
+    {
+        return demo(&env, dir, exit_when_done, agent, bind);
     }
     let (settings, report) = Settings::load(&env)?;
     let filter = env
@@ -274,16 +280,13 @@ fn operator(cli: &Cli, env: &EnvVars, op: Op) -> anyhow::Result<()> {
 }
 
 /// `orchestrator demo` (B-10).
-fn demo(cli: Cli, env: &EnvVars) -> anyhow::Result<()> {
-    let Some(Command::Demo {
-        dir,
-        exit_when_done,
-        agent,
-        bind,
-    }) = cli.command
-    else {
-        unreachable!("demo() is called for the demo command only");
-    };
+fn demo(
+    env: &EnvVars,
+    dir: Option<PathBuf>,
+    exit_when_done: bool,
+    agent: DemoAgent,
+    bind: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let filter = env.get("RUST_LOG").unwrap_or("warn").to_string();
     telemetry::init(Settings::default().log_format, &filter);
     let bind = match bind {

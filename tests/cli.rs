@@ -300,10 +300,11 @@ async fn the_demo_exits_0_with_the_item_done_and_one_merge_commit() {
     for want in [
         "scripted example agent (not an LLM)",
         "board: http://127.0.0.1:",
-        "DEMO-1: analysis",
+        "DEMO-1: created -> analysis",
+        "DEMO-1: analysis -> architecture",
         "person: the BRD is fine: Approved",
         "person: ship it: Confirm Deploy",
-        "DEMO-1: done",
+        "DEMO-1: deploy -> done",
         "merge commit: ",
         "DEMO-1 is done",
     ] {

@@ -173,3 +173,28 @@ async fn kill_9_during_the_merge_then_restart_merges_once_on_each_pair() {
         second.exited(30).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_that_moved_during_the_local_merge_is_merged_again_never_forced() {
+    // Someone pushes to main between the local forge's fetch and its push:
+    // the push is refused, and the merge is made again on the new tip.
+    let mut w = world_of(Pair::Local, DEPLOY, &[]).await;
+    let path = w.git_racing_the_first_push_to_main();
+    w.env.push(path);
+    let mut d = w.start().await;
+    let db = Db::open(&w.db_path()).await.unwrap();
+    let (item, t, head) = w
+        .item_with_branch(&d, &db, 1, Stage::Deploy, "Awaiting Deploy")
+        .await;
+    assert_eq!(w.person_sets(&d, &item, "Confirm Deploy").await, 200);
+    until("Done", 60, || async { w.status_of(&d, &item).await == "Done" }).await;
+    assert_eq!(task(&db, t.id).await.stage, Stage::Done, "{}", w.log());
+    assert_eq!(w.merges_in_main(), 1);
+    assert!(w.gitea.is_in_main(REPO, &head));
+    // The other push survived: it is the merge's first parent.
+    let first_parent = support::gitea_double::git(&w.bare, &["log", "-1", "--format=%s", "main^1"]);
+    assert_eq!(first_parent, "someone else");
+    assert!(w.log().contains("push refused (the remote moved)"), "{}", w.log());
+    d.signal(Signal::SIGTERM);
+    d.exited(30).await;
+}

@@ -51,6 +51,11 @@ const CHANGES_MD: &str = "# Changes\n\n";
 /// Run the demo; returns when the item is done (`exit_when_done`) or on
 /// Ctrl-C.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    if opts.agent == Agent::Claude && opts.claude.is_none() {
+        bail!(
+            "--agent claude needs the Claude Code CLI, and `claude` is not on PATH; install it (npm install -g @anthropic-ai/claude-code) and log in, or run the demo without --agent"
+        );
+    }
     let dir = &opts.dir;
     tokio::fs::create_dir_all(dir)
         .await
@@ -80,16 +85,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             format!("sh '{}'", script.display())
         }
         Agent::Claude => {
-            let Some(claude) = &opts.claude else {
-                bail!(
-                    "--agent claude needs the Claude Code CLI, and `claude` is not on PATH; install it (npm install -g @anthropic-ai/claude-code) and log in, or run the demo without --agent"
-                );
-            };
+            let claude = opts.claude.as_deref().unwrap_or(Path::new("claude"));
             println!("agent: Claude Code ({})", claude.display());
             CLAUDE_COMMAND.to_string()
         }
     };
     let settings = demo_settings(&dir, &remote, &agent_command, opts.bind)?;
+    tokio::fs::create_dir_all(&settings.workspace_root).await?;
     let token = settings.admin_token.expose().to_string();
     let listener = TcpListener::bind(opts.bind)
         .await
@@ -97,7 +99,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let running = crate::app::start(settings, listener).await?;
     let addr = running.addr;
     println!("board: http://{addr}/");
-    println!("admin token (for the CLI: ORCH_URL=http://{addr} ORCH_ADMIN_TOKEN=...): {token}");
+    println!("for the CLI meanwhile: export ORCH_URL=http://{addr} ORCH_ADMIN_TOKEN={token}");
     let client = Client::new(&addr.to_string(), &token)?;
     let outcome = tokio::select! {
         r = drive(&client, &remote) => r,
@@ -219,7 +221,7 @@ async fn drive(client: &Client, remote: &Path) -> anyhow::Result<()> {
     let wi = item["work_item"].as_str().unwrap_or_default().to_string();
     println!("work item {wi} created at To Analyse");
     let start = Instant::now();
-    let (mut shown, mut approved, mut confirmed, mut held) = (String::new(), false, false, false);
+    let (mut shown, mut approved, mut confirmed, mut held) = (0, false, false, false);
     loop {
         if start.elapsed() > DEADLINE {
             bail!(
@@ -238,11 +240,19 @@ async fn drive(client: &Client, remote: &Path) -> anyhow::Result<()> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let stage = task["stage"].as_str().unwrap_or_default().to_string();
-        if stage != shown {
-            println!("{:>5.1}s  {wi}: {stage}", start.elapsed().as_secs_f64());
-            shown = stage.clone();
+        // Every move, from the task's history: a poll alone would miss
+        // stages an agent finishes between two polls.
+        let moves = task["stages"].as_array().map_or(&[][..], Vec::as_slice);
+        for m in moves.iter().skip(shown) {
+            println!(
+                "{:>5.1}s  {wi}: {} -> {}",
+                start.elapsed().as_secs_f64(),
+                m["from_stage"].as_str().unwrap_or_default(),
+                m["to_stage"].as_str().unwrap_or_default()
+            );
         }
+        shown = shown.max(moves.len());
+        let stage = task["stage"].as_str().unwrap_or_default().to_string();
         if let Some(h) = task["hold_reason"].as_str()
             && !held
         {

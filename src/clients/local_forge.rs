@@ -190,7 +190,7 @@ impl Forge for LocalForge {
                     sha: sha.unwrap_or_else(|| head_sha.to_string()),
                 });
             }
-            let message = format!("Merge branch '{branch}'");
+            let message = format!("Merge branch '{branch}' ({})", branch.to_ascii_uppercase());
             match c
                 .merge_locally(&dir, &project.default_branch, &branch, &message)
                 .await

@@ -158,36 +158,49 @@ impl World {
     /// answer was lost). Its env pair, and the file that holds the pid of
     /// the hanging wrapper once it hangs.
     pub fn git_that_hangs_after_the_first_push_to_main(&self) -> ((String, String), PathBuf) {
-        let bin = self.dir.path().join("hang-bin");
+        let mark = self.dir.path().join("push-hangs.pid");
+        let m = mark.display();
+        let on_push = format!(
+            "\"$REAL\" \"$@\" || exit $?\n      sleep 300 & echo $! > '{m}'; wait; exit 1"
+        );
+        (self.git_wrapper(&mark, &on_push), mark)
+    }
+
+    /// A `git` first on the daemon's PATH whose first push to `main` finds
+    /// that someone else pushed to main just before (the push is refused
+    /// as not a fast-forward). Its env pair.
+    pub fn git_racing_the_first_push_to_main(&self) -> (String, String) {
+        let mark = self.dir.path().join("push-raced");
+        let other = self.dir.path().join("someone-else");
+        let on_push = format!(
+            "touch '{m}'\n      ( \"$REAL\" clone -q '{bare}' '{o}' && cd '{o}' && echo x > other.txt && \"$REAL\" add other.txt \\\n        && \"$REAL\" -c user.name=someone -c user.email=s@x commit -qm 'someone else' && \"$REAL\" push -q origin HEAD:main ) >/dev/null 2>&1\n      exec \"$REAL\" \"$@\"",
+            m = mark.display(),
+            bare = self.bare.display(),
+            o = other.display()
+        );
+        self.git_wrapper(&mark, &on_push)
+    }
+
+    /// A `git` wrapper on PATH that runs `on_push` (shell, `$REAL` is the
+    /// real git) for the first push to `main` while `mark` does not exist.
+    fn git_wrapper(&self, mark: &Path, on_push: &str) -> (String, String) {
+        let bin = self.dir.path().join("wrapper-bin");
         std::fs::create_dir_all(&bin).unwrap();
         let real = String::from_utf8(
-            std::process::Command::new("sh")
-                .args(["-c", "command -v git"])
-                .output()
-                .unwrap()
-                .stdout,
+            std::process::Command::new("sh").args(["-c", "command -v git"]).output().unwrap().stdout,
         )
         .unwrap()
         .trim()
         .to_string();
-        let mark = self.dir.path().join("push-hangs.pid");
         let script = format!(
-            "#!/bin/sh\ncase \" $* \" in\n  *\" push \"*refs/heads/main*)\n    if [ ! -e '{m}' ]; then\n      '{real}' \"$@\" || exit $?\n      sleep 300 & echo $! > '{m}'; wait; exit 1\n    fi ;;\nesac\nexec '{real}' \"$@\"\n",
+            "#!/bin/sh\nREAL='{real}'\ncase \" $* \" in\n  *\" push \"*refs/heads/main*)\n    if [ ! -e '{m}' ]; then\n      {on_push}\n    fi ;;\nesac\nexec \"$REAL\" \"$@\"\n",
             m = mark.display()
         );
         let git = bin.join("git");
         std::fs::write(&git, script).unwrap();
-        std::process::Command::new("chmod")
-            .arg("+x")
-            .arg(&git)
-            .status()
-            .unwrap();
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        (("PATH".to_string(), path), mark)
+        std::process::Command::new("chmod").arg("+x").arg(&git).status().unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        ("PATH".to_string(), path)
     }
 }
 
