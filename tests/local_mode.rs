@@ -198,3 +198,38 @@ async fn a_remote_that_moved_during_the_local_merge_is_merged_again_never_forced
     d.signal(Signal::SIGTERM);
     d.exited(30).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcilers_tracker_poll_reads_the_local_tracker() {
+    // F-16 on the local tracker: a status the task has not acted on is
+    // handed over, and one of OUR statuses that disagrees with the stage is
+    // set again. The rows are written directly (no delivery), so only the
+    // poll can see them.
+    let w = world_of(
+        Pair::Local,
+        "",
+        &[
+            ("ORCH_RECONCILER_ENABLED", "true"),
+            ("ORCH_RECONCILER_INTERVAL_S", "1"),
+        ],
+    )
+    .await;
+    let mut d = w.start().await;
+    let db = Db::open(&w.db_path()).await.unwrap();
+    let (_, approved) = w.item_at(&d, &db, 1, Stage::Analysis, "In Review").await;
+    let (drifted, _) = w.item_at(&d, &db, 2, Stage::Development, "In Progress").await;
+    for (wi, status) in [("DEMO-1", "approved"), ("DEMO-2", "done")] {
+        assert!(orchestrator::db::local_items::set_status(db.writer(), wi, status).await.unwrap());
+    }
+    // Approved is recorded (the BRD gate then decides the move).
+    until("the poll approved DEMO-1", 30, || async {
+        task(&db, approved.id).await.approved_at.is_some()
+    })
+    .await;
+    until("the poll set DEMO-2 back to In Progress", 30, || async {
+        w.status_of(&d, &drifted).await == "In Progress"
+    })
+    .await;
+    d.signal(Signal::SIGTERM);
+    d.exited(30).await;
+}
