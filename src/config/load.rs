@@ -17,7 +17,8 @@ use super::{
 
 const ENV_PREFIX: &str = "ORCH_";
 /// Keys that steer loading itself, not settings.
-const NON_SETTING_ENV: &[&str] = &["ORCH_CONFIG"];
+/// `ORCH_URL` is the operator CLI's (B-4): where the running daemon is.
+const NON_SETTING_ENV: &[&str] = &["ORCH_CONFIG", "ORCH_URL"];
 
 /// A figment provider over a captured environment, so tests never touch the
 /// process environment and error messages can name `ORCH_FOO`.
