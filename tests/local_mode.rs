@@ -187,14 +187,21 @@ async fn a_remote_that_moved_during_the_local_merge_is_merged_again_never_forced
         .item_with_branch(&d, &db, 1, Stage::Deploy, "Awaiting Deploy")
         .await;
     assert_eq!(w.person_sets(&d, &item, "Confirm Deploy").await, 200);
-    until("Done", 60, || async { w.status_of(&d, &item).await == "Done" }).await;
+    until("Done", 60, || async {
+        w.status_of(&d, &item).await == "Done"
+    })
+    .await;
     assert_eq!(task(&db, t.id).await.stage, Stage::Done, "{}", w.log());
     assert_eq!(w.merges_in_main(), 1);
     assert!(w.gitea.is_in_main(REPO, &head));
     // The other push survived: it is the merge's first parent.
     let first_parent = support::gitea_double::git(&w.bare, &["log", "-1", "--format=%s", "main^1"]);
     assert_eq!(first_parent, "someone else");
-    assert!(w.log().contains("push refused (the remote moved)"), "{}", w.log());
+    assert!(
+        w.log().contains("push refused (the remote moved)"),
+        "{}",
+        w.log()
+    );
     d.signal(Signal::SIGTERM);
     d.exited(30).await;
 }
@@ -217,9 +224,15 @@ async fn the_reconcilers_tracker_poll_reads_the_local_tracker() {
     let mut d = w.start().await;
     let db = Db::open(&w.db_path()).await.unwrap();
     let (_, approved) = w.item_at(&d, &db, 1, Stage::Analysis, "In Review").await;
-    let (drifted, _) = w.item_at(&d, &db, 2, Stage::Development, "In Progress").await;
+    let (drifted, _) = w
+        .item_at(&d, &db, 2, Stage::Development, "In Progress")
+        .await;
     for (wi, status) in [("DEMO-1", "approved"), ("DEMO-2", "done")] {
-        assert!(orchestrator::db::local_items::set_status(db.writer(), wi, status).await.unwrap());
+        assert!(
+            orchestrator::db::local_items::set_status(db.writer(), wi, status)
+                .await
+                .unwrap()
+        );
     }
     // Approved is recorded (the BRD gate then decides the move).
     until("the poll approved DEMO-1", 30, || async {

@@ -266,7 +266,10 @@ fn a_remote_adapter_without_its_base_url_is_an_error() {
     let err = Settings::load_with(Some(f.path()), &env(&[]))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("`projects[0].tracker` is \"plane\" but ORCH_PLANE_BASE_URL"), "{err}");
+    assert!(
+        err.contains("`projects[0].tracker` is \"plane\" but ORCH_PLANE_BASE_URL"),
+        "{err}"
+    );
     assert!(err.contains("`projects[0].forge` is \"gitea\""), "{err}");
     let f = toml_file("[[projects]]\nname = \"a\"\nrepo_url = \"/r\"\ntracker = \"jira\"\n");
     assert!(Settings::load_with(Some(f.path()), &env(&[])).is_err());

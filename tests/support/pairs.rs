@@ -160,9 +160,8 @@ impl World {
     pub fn git_that_hangs_after_the_first_push_to_main(&self) -> ((String, String), PathBuf) {
         let mark = self.dir.path().join("push-hangs.pid");
         let m = mark.display();
-        let on_push = format!(
-            "\"$REAL\" \"$@\" || exit $?\n      sleep 300 & echo $! > '{m}'; wait; exit 1"
-        );
+        let on_push =
+            format!("\"$REAL\" \"$@\" || exit $?\n      sleep 300 & echo $! > '{m}'; wait; exit 1");
         (self.git_wrapper(&mark, &on_push), mark)
     }
 
@@ -187,7 +186,11 @@ impl World {
         let bin = self.dir.path().join("wrapper-bin");
         std::fs::create_dir_all(&bin).unwrap();
         let real = String::from_utf8(
-            std::process::Command::new("sh").args(["-c", "command -v git"]).output().unwrap().stdout,
+            std::process::Command::new("sh")
+                .args(["-c", "command -v git"])
+                .output()
+                .unwrap()
+                .stdout,
         )
         .unwrap()
         .trim()
@@ -198,8 +201,16 @@ impl World {
         );
         let git = bin.join("git");
         std::fs::write(&git, script).unwrap();
-        std::process::Command::new("chmod").arg("+x").arg(&git).status().unwrap();
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&git)
+            .status()
+            .unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         ("PATH".to_string(), path)
     }
 }
