@@ -74,8 +74,8 @@ pub fn alert_channel(settings: &Settings, db: &Db) -> Arc<Dedup> {
     ))
 }
 
-/// The pipeline over the real clients (F-03, F-07): Plane and Gitea when
-/// their base URLs are set, else a tracker and a forge that do nothing.
+/// The pipeline over the real clients (F-03, F-07, B-10): each project's
+/// tracker and forge, Plane and Gitea or the built-in local pair.
 pub fn build_pipeline(settings: Arc<Settings>, db: Db, engine: Engine) -> Pipeline {
     let workspace = crate::git::Workspace::new(&settings.workspace_root);
     let alerts = alert_channel(&settings, &db);
@@ -91,11 +91,11 @@ pub fn build_pipeline_with(
     workspace: crate::git::Workspace,
     notifier: Arc<dyn Notifier>,
 ) -> Pipeline {
-    let (tracker, plane_outbox) = clients::plane_outbox::tracker_with_outbox(&settings, &db);
+    let (tracker, plane_outbox) = clients::daemon_tracker(&settings, &db);
     Pipeline {
         tracker,
         plane_outbox,
-        forge: clients::gitea::forge_from_settings(&settings),
+        forge: clients::daemon_forge(&settings),
         notifier,
         engine,
         db,
@@ -111,7 +111,7 @@ pub fn daemon_effects(settings: &Arc<Settings>, db: &Db) -> crate::stage_engine:
     crate::effects::daemon_effects(
         settings.clone(),
         db.clone(),
-        clients::gitea::forge_from_settings(settings),
+        clients::daemon_forge(settings),
     )
 }
 

@@ -7,7 +7,7 @@
 
 pub mod adopt;
 pub mod branch;
-pub mod checkout;
+pub use crate::checkouts as checkout;
 pub mod deploy;
 pub mod deploy_agent;
 pub mod markers;

@@ -6,12 +6,14 @@
 //! - `db`: SQLite pools (one writer, a read pool), migrations, one file per table.
 //! - `domain`: pure types: the stage table (F-09), verdict parsing, gates (QG_CHECKS).
 //! - `git`: worktrees through the git CLI (F-08).
+//! - `checkouts`: per-project clones for merges and deploys, every git call bounded (F-19, F-23, B-10).
 //! - `proc_group`: THE spawner of agent and gate commands: own process group, tree-kill SIGTERM → grace → SIGKILL (F-12, F-18, B-8).
 //! - `procfs`: the one reader of `/proc` (stat, start time, environment, group members, kernel boot id).
 //! - `clock`: the loops' clock (tokio time, so tests can pause it).
 //! - `effects`: what each irreversible effect kind does outside (merge, deploy, coverage ratchet, image; F-19, F-23; the branch delete of a cancel, F-25).
 //! - `stage_engine`: THE only writer of `tasks.stage`: lease, CAS, effect journal (F-10, B-1).
-//! - `clients`: the `Tracker` and `Forge` ports (Plane, Gitea) and their adapters.
+//! - `clients`: the `Tracker` and `Forge` ports, their adapters (Plane, Gitea, the built-in local pair, B-10) and the per-project router.
+//! - `cli`: the operator CLI's client of a running daemon (B-4) and `orchestrator demo`.
 //! - `intake`: signed Plane and Gitea webhooks in, stored, deduplicated, replayable (F-01, F-06, B-6).
 //! - `events`: what a webhook means, independent of its wire format.
 //! - `gates`: guards before outside writes (F-05 deploy status guard).
@@ -26,6 +28,8 @@
 
 pub mod agents;
 pub mod app;
+pub mod checkouts;
+pub mod cli;
 pub mod clients;
 pub mod clock;
 pub mod config;

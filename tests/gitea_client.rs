@@ -45,6 +45,7 @@ async fn env(extra: &[(&str, &str)]) -> Env {
     let client = GiteaClient::with_parts(&settings, Duration::from_secs(10), sleeper.clone())
         .expect("client");
     let repo = ForgeRepo {
+        project: "demo".into(),
         full_name: REPO.into(),
         default_branch: "main".into(),
         local_clone: local,
@@ -264,6 +265,7 @@ async fn network_errors_are_transient_and_bounded() {
     let client =
         GiteaClient::with_parts(&settings, Duration::from_secs(5), sleeper.clone()).unwrap();
     let repo = ForgeRepo {
+        project: "demo".into(),
         full_name: REPO.into(),
         default_branch: "main".into(),
         local_clone: dir.path().join("none"),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator::agents::monitor;
-use orchestrator::clients::gitea::forge_from_settings;
+use orchestrator::clients::daemon_forge;
 use orchestrator::db::tasks::{self, NewTask};
 use orchestrator::db::{jobs, merge_lease, now_ms, runs};
 use orchestrator::domain::{EffectKind, Stage};
@@ -238,7 +238,7 @@ async fn stop_while_a_builtin_runner_runs_kills_its_group() {
         b.effects(orchestrator::effects::daemon_effects(
             s.clone(),
             db.clone(),
-            forge_from_settings(s),
+            daemon_forge(s),
         ))
     })
     .await;
@@ -297,7 +297,7 @@ async fn stop_during_an_effect_is_deferred_then_applied_by_the_holder() {
     let b = blocking.clone();
     let h = Harness::with_engine(&["demo"], "", &[], move |builder, s, db| {
         builder.inputs(Arc::new(StagingPassed)).effects(
-            orchestrator::effects::daemon_effects(s.clone(), db.clone(), forge_from_settings(s))
+            orchestrator::effects::daemon_effects(s.clone(), db.clone(), daemon_forge(s))
                 .with(EffectKind::CoverageRatchet, b)
                 .with(EffectKind::ImageRebuild, Arc::new(NoopEffect)),
         )

@@ -367,8 +367,10 @@ async fn publish(
         }
         Err(e) => tracing::warn!(work_item = %wi, error = %e, "commit/push failed"),
     }
-    if pushed.is_ok() && !project.gitea_repo.is_empty() {
+    // B-10: with the local forge the pushed branch is the PR already.
+    if pushed.is_ok() && project.forge_kind() == crate::config::ForgeKind::Gitea {
         let repo = ForgeRepo {
+            project: project.name.clone(),
             full_name: project.gitea_repo.clone(),
             default_branch: project.default_branch.clone(),
             local_clone: rt.workspace.clone_dir(&project.name),

@@ -1,17 +1,51 @@
-//! The ports to the outside: the tracker (Plane), the forge (Gitea + git).
-//! The pipeline talks to these traits; `plane.rs` and `gitea.rs` hold the
-//! HTTP adapters, tests plug in doubles.
+//! The ports to the outside: the tracker (Plane, or the built-in local
+//! one), the forge (Gitea, or any git remote). The pipeline talks to these
+//! traits; `plane.rs` and `gitea.rs` hold the HTTP adapters,
+//! `local_tracker.rs` and `local_forge.rs` the built-in pair (B-10),
+//! `routed.rs` picks each project's; tests plug in doubles.
 
 pub mod gitea;
+pub mod local_forge;
+pub mod local_tracker;
 pub mod plane;
 pub mod plane_outbox;
 pub mod rate_limit;
 pub mod retry;
+pub mod routed;
 pub mod telegram;
 pub mod write_guard;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
+
+use crate::config::Settings;
+use crate::db::Db;
+
+/// The daemon's tracker (B-10): each project's own, Plane behind its
+/// outbox (returned too, for the sender loop and `/queue`) or the local one.
+pub fn daemon_tracker(
+    settings: &Arc<Settings>,
+    db: &Db,
+) -> (Arc<dyn Tracker>, Option<Arc<plane_outbox::PlaneOutbox>>) {
+    let (plane, outbox) = plane_outbox::tracker_with_outbox(settings, db);
+    let routed = routed::RoutedTracker {
+        settings: settings.clone(),
+        plane,
+        local: Arc::new(local_tracker::LocalTracker::new(db.clone())),
+    };
+    (Arc::new(routed), outbox)
+}
+
+/// The daemon's forge (B-10): each project's own, Gitea or the local one.
+pub fn daemon_forge(settings: &Arc<Settings>) -> Arc<dyn Forge> {
+    Arc::new(routed::RoutedForge {
+        settings: settings.clone(),
+        gitea: gitea::forge_from_settings(settings),
+        local: Arc::new(local_forge::LocalForge::new(settings.clone())),
+    })
+}
 
 /// Why a call to an outside system failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -86,7 +120,9 @@ pub trait Tracker: Send + Sync {
 /// A repository as the forge and git know it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ForgeRepo {
-    /// `owner/name` on the forge.
+    /// Our project name (`[[projects]].name`): picks the adapter (B-10).
+    pub project: String,
+    /// `owner/name` on Gitea; the project's name with the local forge.
     pub full_name: String,
     pub default_branch: String,
     /// The local clone the daemon keeps (for `merge-base --is-ancestor`).

@@ -13,12 +13,14 @@ use serde::de::DeserializeOwned;
 use crate::domain::prices::{PriceOverrides, PriceTable};
 
 use super::{
-    ConfigError, EnvVars, LoadReport, PlaneTable, Project, Secret, Settings, database_path,
+    ConfigError, EnvVars, ForgeKind, LoadReport, PlaneTable, Project, Secret, Settings,
+    TrackerKind, database_path,
 };
 
 const ENV_PREFIX: &str = "ORCH_";
 /// Keys that steer loading itself, not settings.
-const NON_SETTING_ENV: &[&str] = &["ORCH_CONFIG"];
+/// `ORCH_URL` is the operator CLI's (B-4): where the running daemon is.
+const NON_SETTING_ENV: &[&str] = &["ORCH_CONFIG", "ORCH_URL"];
 
 /// A figment provider over a captured environment, so tests never touch the
 /// process environment and error messages can name `ORCH_FOO`.
@@ -298,8 +300,11 @@ impl<'a> Fields<'a> {
         let plane: PlaneTable =
             self.required("plane", PlaneTable::default(), "a valid [plane] table");
         let prices = self.prices();
-        let projects: Vec<Project> =
+        let mut projects: Vec<Project> =
             self.required("projects", Vec::new(), "a valid [[projects]] list");
+        let plane_base_url: String = self.or_default("plane_base_url", d.plane_base_url.clone());
+        let gitea_base_url: String = self.or_default("gitea_base_url", d.gitea_base_url.clone());
+        self.resolve_adapters(&mut projects, &plane_base_url, &gitea_base_url);
         self.check_projects(&projects);
         let deploy_timeout_s = self.positive("deploy_timeout_s", d.deploy_timeout_s);
         let telegram_bot_token = self.secret("telegram_bot_token");
@@ -314,7 +319,7 @@ impl<'a> Fields<'a> {
                 .positive("http_body_limit_bytes", d.http_body_limit_bytes as u64)
                 as usize,
             shutdown_grace_s: self.positive("shutdown_grace_s", d.shutdown_grace_s),
-            plane_base_url: self.or_default("plane_base_url", d.plane_base_url.clone()),
+            plane_base_url,
             plane_api_key: self.secret("plane_api_key"),
             plane_webhook_secret: self.secret("plane_webhook_secret"),
             plane_write_mode: self.or_default("plane_write_mode", d.plane_write_mode),
@@ -324,7 +329,7 @@ impl<'a> Fields<'a> {
                 .positive("plane_rate_limit_per_min", d.plane_rate_limit_per_min),
             plane_rate_limit_window_ms: self
                 .positive("plane_rate_limit_window_ms", d.plane_rate_limit_window_ms),
-            gitea_base_url: self.or_default("gitea_base_url", d.gitea_base_url.clone()),
+            gitea_base_url,
             gitea_token: self.secret("gitea_token"),
             gitea_webhook_secret: self.secret("gitea_webhook_secret"),
             telegram_bot_token,
@@ -422,6 +427,43 @@ impl<'a> Fields<'a> {
             }
         }
         PriceTable::with_overrides(&overrides)
+    }
+
+    /// B-10: each project's tracker and forge, defaulting to the built-in
+    /// pair where no Plane (resp. Gitea) is configured. Choosing a remote
+    /// adapter without its base URL is an error, not a silent fallback.
+    fn resolve_adapters(&mut self, projects: &mut [Project], plane_url: &str, gitea_url: &str) {
+        for (i, p) in projects.iter_mut().enumerate() {
+            let at = format!("projects[{i}]");
+            let plane = !plane_url.trim().is_empty();
+            let gitea = !gitea_url.trim().is_empty();
+            let tracker = *p.tracker.get_or_insert(if plane {
+                TrackerKind::Plane
+            } else {
+                TrackerKind::Local
+            });
+            let forge = *p
+                .forge
+                .get_or_insert(if gitea && !p.gitea_repo.trim().is_empty() {
+                    ForgeKind::Gitea
+                } else {
+                    ForgeKind::Local
+                });
+            if tracker == TrackerKind::Plane && !plane {
+                self.errors.push(format!(
+                    "{}: `{at}.tracker` is \"plane\" but ORCH_PLANE_BASE_URL is not set (project {:?}); set it or use tracker = \"local\"",
+                    self.describe("projects"),
+                    p.name
+                ));
+            }
+            if forge == ForgeKind::Gitea && (!gitea || p.gitea_repo.trim().is_empty()) {
+                self.errors.push(format!(
+                    "{}: `{at}.forge` is \"gitea\" but ORCH_GITEA_BASE_URL or `{at}.gitea_repo` is not set (project {:?}); set them or use forge = \"local\"",
+                    self.describe("projects"),
+                    p.name
+                ));
+            }
+        }
     }
 
     fn check_projects(&mut self, projects: &[Project]) {

@@ -230,6 +230,53 @@ pub struct Project {
     /// (F-20); any answer but 2xx fails the run.
     #[serde(default)]
     pub smoke_urls: Vec<String>,
+    /// B-10: where this project's work items live. Unset = `local` when no
+    /// Plane base URL is configured, else `plane` (resolved at load).
+    #[serde(default)]
+    pub tracker: Option<TrackerKind>,
+    /// B-10: what merges this project's branches. Unset = `local` when no
+    /// Gitea base URL is configured, else `gitea` (resolved at load).
+    #[serde(default)]
+    pub forge: Option<ForgeKind>,
+}
+
+/// `[[projects]].tracker` (B-10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackerKind {
+    Plane,
+    /// Work items, statuses and comments in our own database.
+    Local,
+}
+
+/// `[[projects]].forge` (B-10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    Gitea,
+    /// Any git remote: the task branch is the "PR", merges are ours.
+    Local,
+}
+
+impl Project {
+    /// The project's tracker; `local` until load has resolved the default.
+    pub fn tracker_kind(&self) -> TrackerKind {
+        self.tracker.unwrap_or(TrackerKind::Local)
+    }
+
+    /// The project's forge; `local` until load has resolved the default.
+    pub fn forge_kind(&self) -> ForgeKind {
+        self.forge.unwrap_or(ForgeKind::Local)
+    }
+
+    /// The repository's name as the forge and its webhooks call it: the
+    /// Gitea `owner/name`, or the project's own name with the local forge.
+    pub fn forge_name(&self) -> &str {
+        match self.forge_kind() {
+            ForgeKind::Gitea => &self.gitea_repo,
+            ForgeKind::Local => &self.name,
+        }
+    }
 }
 
 fn default_branch() -> String {

@@ -289,4 +289,53 @@ fn a_numeric_secret_is_a_secret_kept_whole_and_never_printed() {
         errors.iter().any(|e| e.contains("admin_token")),
         "{errors:?}"
     );
+fn each_project_gets_its_tracker_and_forge_local_by_default() {
+    let f = toml_file(
+        "[[projects]]\nname = \"a\"\nrepo_url = \"/r/a.git\"\ngitea_repo = \"t/a\"\n\n\
+         [[projects]]\nname = \"b\"\nrepo_url = \"/r/b.git\"\n\n\
+         [[projects]]\nname = \"c\"\nrepo_url = \"/r/c.git\"\ntracker = \"local\"\nforge = \"local\"\ngitea_repo = \"t/c\"\n",
+    );
+    // No Plane, no Gitea: the built-in pair everywhere.
+    let (s, _) = Settings::load_with(Some(f.path()), &env(&[])).unwrap();
+    for p in &s.projects {
+        assert_eq!(
+            (p.tracker, p.forge),
+            (Some(TrackerKind::Local), Some(ForgeKind::Local)),
+            "{}",
+            p.name
+        );
+    }
+    assert_eq!(s.project("a").unwrap().forge_name(), "a");
+    // With both configured: Plane for all, Gitea where a repo is named,
+    // and an explicit choice wins.
+    let both = env(&[
+        ("ORCH_PLANE_BASE_URL", "http://plane"),
+        ("ORCH_GITEA_BASE_URL", "http://gitea"),
+    ]);
+    let (s, _) = Settings::load_with(Some(f.path()), &both).unwrap();
+    let kinds = |n: &str| {
+        let p = s.project(n).unwrap();
+        (p.tracker_kind(), p.forge_kind())
+    };
+    assert_eq!(kinds("a"), (TrackerKind::Plane, ForgeKind::Gitea));
+    assert_eq!(kinds("b"), (TrackerKind::Plane, ForgeKind::Local));
+    assert_eq!(kinds("c"), (TrackerKind::Local, ForgeKind::Local));
+    assert_eq!(s.project("a").unwrap().forge_name(), "t/a");
+}
+
+#[test]
+fn a_remote_adapter_without_its_base_url_is_an_error() {
+    let f = toml_file(
+        "[[projects]]\nname = \"a\"\nrepo_url = \"/r/a.git\"\ntracker = \"plane\"\nforge = \"gitea\"\n",
+    );
+    let err = Settings::load_with(Some(f.path()), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`projects[0].tracker` is \"plane\" but ORCH_PLANE_BASE_URL"),
+        "{err}"
+    );
+    assert!(err.contains("`projects[0].forge` is \"gitea\""), "{err}");
+    let f = toml_file("[[projects]]\nname = \"a\"\nrepo_url = \"/r\"\ntracker = \"jira\"\n");
+    assert!(Settings::load_with(Some(f.path()), &env(&[])).is_err());
 }

@@ -50,6 +50,17 @@ pub enum Inserted {
 /// IMMEDIATE transaction: two concurrent copies cannot both be `New`.
 pub async fn insert(db: &Db, d: &NewDelivery<'_>) -> Result<Inserted, sqlx::Error> {
     let mut tx = db.begin_write().await?;
+    let inserted = insert_in(&mut tx, d).await?;
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// [`insert`] inside the caller's write transaction: the local tracker
+/// (B-10) stores a person's status change and its delivery in one commit.
+pub async fn insert_in(
+    tx: &mut sqlx::SqliteConnection,
+    d: &NewDelivery<'_>,
+) -> Result<Inserted, sqlx::Error> {
     let by_id: Option<i64> = sqlx::query_scalar(
         "SELECT id FROM webhook_deliveries WHERE source = ? AND delivery_id = ?",
     )
@@ -89,7 +100,6 @@ pub async fn insert(db: &Db, d: &NewDelivery<'_>) -> Result<Inserted, sqlx::Erro
     .bind(d.done_outcome)
     .fetch_one(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(Inserted::New(id))
 }
 

@@ -200,6 +200,17 @@ pub async fn intent_at<'e>(
     .await
 }
 
+/// Every journal row of a task, oldest first (`GET /tasks/<work item>`, B-4).
+pub async fn for_task<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    task_id: i64,
+) -> Result<Vec<EffectRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM effects WHERE task_id = ? ORDER BY id")
+        .bind(task_id)
+        .fetch_all(ex)
+        .await
+}
+
 /// Every planned row (a crash may have come between effect and `done`).
 pub async fn open<'e>(
     ex: impl Executor<'e, Database = Sqlite>,

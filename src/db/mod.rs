@@ -11,6 +11,7 @@ pub mod effects;
 pub mod history;
 pub mod jobs;
 pub mod leases;
+pub mod local_items;
 pub mod merge_lease;
 pub mod outbox;
 pub mod runs;

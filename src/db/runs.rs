@@ -192,3 +192,14 @@ pub async fn cost_of<'e>(
     .fetch_one(ex)
     .await
 }
+
+/// Every run of a task, oldest first (`GET /tasks/<work item>`, B-4).
+pub async fn for_task<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    task_id: i64,
+) -> Result<Vec<RunRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM agent_runs WHERE task_id = ? ORDER BY id")
+        .bind(task_id)
+        .fetch_all(ex)
+        .await
+}

@@ -2,13 +2,9 @@
 //! It deletes the task's remote feature branch so a later To Analyse starts
 //! from the default branch, never from the cancelled work.
 //!
-//! - Through the forge (`Forge::delete_branch`) when the project names a
-//!   `gitea_repo` and a forge is configured (`ORCH_GITEA_BASE_URL`): without
-//!   one the daemon's forge is a stub that deletes nothing and says Ok, and
-//!   the journal would record a deletion that never happened.
-//! - Otherwise `git push <repo_url> --delete refs/heads/<branch>`: a ref
-//!   deletion, never a force-push, run from a scratch bare repository of our
-//!   own so it never competes with the worker's clone for git's lock files.
+//! - Through the project's forge (`Forge::delete_branch`, B-10): Gitea's
+//!   API, or the local forge's `git push origin --delete refs/heads/<branch>`
+//!   from its own clone (a ref deletion, never a force-push).
 //!
 //! The default branch is refused before any call (and the forge refuses it
 //! again). A refusal does not fail the cancel: the effect records what it
@@ -16,7 +12,7 @@
 //! A branch already gone counts as done; `reconcile` asks the remote
 //! (`git ls-remote`) whether the branch still exists.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,10 +90,6 @@ impl DeleteBranch {
         Plan::Delete { project, branch }
     }
 
-    fn use_forge(&self, project: &Project) -> bool {
-        !project.gitea_repo.trim().is_empty() && !self.settings.gitea_base_url.trim().is_empty()
-    }
-
     /// Does the branch exist on the remote? `Err` = cannot tell; the caller
     /// decides whether that means "unknown" or "nothing happened".
     async fn exists(&self, project: &Project, branch: &str) -> Result<bool, String> {
@@ -119,59 +111,14 @@ impl DeleteBranch {
             .any(|l| l.split_whitespace().nth(1) == Some(refname.as_str())))
     }
 
-    /// A bare repository of our own to run `git push` from (git needs one).
-    async fn scratch(&self) -> Result<PathBuf, EffectError> {
-        let dir = self.settings.workspace_root.join("branch-delete.git");
-        if !dir.join("HEAD").exists() {
-            tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-                EffectError::Failed(format!("cannot create {}: {e}", dir.display()))
-            })?;
-            let out = git(&dir, &["init", "--quiet", "--bare"])
-                .await
-                .map_err(EffectError::Failed)?;
-            if !out.ok {
-                return Err(EffectError::Failed(format!(
-                    "git init {}: {}",
-                    dir.display(),
-                    out.stderr
-                )));
-            }
-        }
-        Ok(dir)
-    }
-
-    async fn delete_with_git(&self, project: &Project, branch: &str) -> Result<(), EffectError> {
-        let scratch = self.scratch().await?;
-        // `--delete` of one fully named ref: no refspec with `+`, no --force.
-        let refname = format!("refs/heads/{branch}");
-        let out = git(
-            &scratch,
-            &["push", "--quiet", &project.repo_url, "--delete", &refname],
-        )
-        .await
-        // A timeout may have deleted it: reconcile asks the remote first.
-        .map_err(EffectError::Unknown)?;
-        if out.ok {
-            return Ok(());
-        }
-        match self.exists(project, branch).await {
-            Ok(false) => Ok(()),
-            // It is still there: known not deleted, retried later.
-            Ok(true) => Err(EffectError::Failed(format!(
-                "git push --delete {refname} to {}: {}",
-                project.repo_url, out.stderr
-            ))),
-            Err(e) => Err(EffectError::Unknown(e)),
-        }
-    }
-
     async fn delete_with_forge(
         &self,
         project: &Project,
         branch: &str,
     ) -> Result<String, EffectError> {
         let repo = ForgeRepo {
-            full_name: project.gitea_repo.clone(),
+            project: project.name.clone(),
+            full_name: project.forge_name().to_string(),
             default_branch: project.default_branch.clone(),
             local_clone: self
                 .settings
@@ -180,7 +127,7 @@ impl DeleteBranch {
                 .join(&project.name),
         };
         match self.forge.delete_branch(&repo, branch).await {
-            Ok(()) => Ok(format!("deleted {branch} on {}", project.gitea_repo)),
+            Ok(()) => Ok(format!("deleted {branch} on {}", project.forge_name())),
             Err(ClientError::Blocked(why)) => Ok(format!("refused by the forge: {why}")),
             Err(e @ ClientError::Unavailable { .. }) => Err(EffectError::Unknown(e.to_string())),
             Err(e) => Err(EffectError::Failed(e.to_string())),
@@ -218,12 +165,9 @@ impl Effect for DeleteBranch {
         if !exists {
             return Ok(format!("already gone: {branch} is not on the remote"));
         }
-        if self.use_forge(project) {
-            return self.delete_with_forge(project, &branch).await;
-        }
-        self.delete_with_git(project, &branch).await?;
+        let done = self.delete_with_forge(project, &branch).await?;
         tracing::info!(work_item = %ctx.task.work_item, branch, "remote branch deleted");
-        Ok(format!("deleted {branch} with git push --delete"))
+        Ok(done)
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::checkout::{CheckoutError, Checkouts, LocalMerge};
+use super::checkout::Checkouts;
 use crate::clients::{Forge, ForgeRepo, MergeOutcome, PrState};
 use crate::config::{Project, Settings};
 use crate::db::Db;
@@ -60,15 +60,10 @@ impl DeployDeps {
         })
     }
 
-    /// Merges go through the forge only when Gitea is configured for the
-    /// project; otherwise locally in the deploy clone (B-10).
-    fn uses_forge(&self, project: &Project) -> bool {
-        !self.settings.gitea_base_url.trim().is_empty() && !project.gitea_repo.trim().is_empty()
-    }
-
     fn forge_repo(&self, project: &Project) -> ForgeRepo {
         ForgeRepo {
-            full_name: project.gitea_repo.clone(),
+            project: project.name.clone(),
+            full_name: project.forge_name().to_string(),
             default_branch: project.default_branch.clone(),
             local_clone: self.checkouts.dir(&project.name),
         }
@@ -260,25 +255,12 @@ impl Effect for MergePr {
             .ensure(project)
             .await
             .map_err(|e| unknown("deploy clone", e))?;
-        let in_main = if self.0.uses_forge(project) {
-            self.0
-                .forge
-                .sha_in_main(&self.0.forge_repo(project), &head)
-                .await
-                .map_err(|e| unknown("asking the forge whether the head is in main", e))?
-        } else {
-            self.0
-                .checkouts
-                .fetch_branch(&dir, &project.default_branch)
-                .await
-                .map_err(|e| unknown("fetching the default branch", e))?;
-            let main = format!("origin/{}", project.default_branch);
-            self.0
-                .checkouts
-                .is_ancestor(&dir, &head, &main)
-                .await
-                .map_err(|e| unknown("git merge-base --is-ancestor", e))?
-        };
+        let in_main = self
+            .0
+            .forge
+            .sha_in_main(&self.0.forge_repo(project), &head)
+            .await
+            .map_err(|e| unknown("asking the forge whether the head is in main", e))?;
         if !in_main {
             return Ok(None);
         }
@@ -332,46 +314,9 @@ impl Effect for MergePr {
         write_durably(&self.head_file(ctx), &head)
             .await
             .map_err(|e| failed("recording the branch head", e))?;
-        let wi = &ctx.task.work_item;
-        if self.0.uses_forge(project) {
-            self.merge_with_forge(ctx, project, &dir, &branch, &head)
-                .await
-        } else {
-            let main = format!("origin/{}", project.default_branch);
-            if c.is_ancestor(&dir, &head, &main)
-                .await
-                .map_err(|e| failed("git merge-base --is-ancestor", e))?
-            {
-                return Ok(ALREADY_IN_MAIN.to_string());
-            }
-            let message = format!("Merge branch '{branch}' ({wi}: {})", ctx.task.title);
-            let merged = c
-                .merge_locally(&dir, &project.default_branch, &branch, &message)
-                .await;
-            match merged {
-                Ok(LocalMerge::Merged { sha }) => {
-                    tracing::info!(work_item = %wi, %sha, "merged locally and pushed the default branch");
-                    Ok(sha)
-                }
-                Ok(LocalMerge::Conflict(why)) => Err(EffectError::Failed(format!(
-                    "{branch} does not merge cleanly into {}: {why}",
-                    project.default_branch
-                ))),
-                Ok(LocalMerge::Rejected(why)) => Err(EffectError::Failed(format!(
-                    "the remote refused the push of {}: {why}",
-                    project.default_branch
-                ))),
-                Ok(LocalMerge::PushUncertain(why)) => Err(EffectError::Unknown(format!(
-                    "the push of {} may or may not have landed: {why}",
-                    project.default_branch
-                ))),
-                // The merge ran in our clone only; a failed git step before
-                // or at the push start changed nothing outside, except a
-                // push that timed out mid-way: ask again next time.
-                Err(e @ CheckoutError::Timeout { .. }) => Err(unknown("local merge", e)),
-                Err(e) => Err(failed("local merge", e)),
-            }
-        }
+        // B-10: Gitea or the local forge, by the project's `forge`.
+        self.merge_with_forge(ctx, project, &dir, &branch, &head)
+            .await
     }
 }
 

@@ -227,7 +227,7 @@ mod tests {
         ];
         let settings = Arc::new(Settings::load(&EnvVars::from_pairs(pairs)).unwrap().0);
         let db = Db::open(&settings.database_path()).await.unwrap();
-        let forge = crate::clients::gitea::forge_from_settings(&settings);
+        let forge = crate::clients::daemon_forge(&settings);
         let deps = DeployDeps::new(settings.clone(), db.clone(), forge);
         Env {
             _dir: dir,

@@ -35,14 +35,26 @@ pub fn authorized(headers: &HeaderMap, token: &crate::config::Secret) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Every admin route's check (F-10, B-10): `Err(Unauthorized)` unless the
+/// request carries the admin token. The one place a new credential (the
+/// board's session cookie) is accepted.
+pub fn require_admin(
+    headers: &HeaderMap,
+    settings: &crate::config::Settings,
+) -> Result<(), ApiError> {
+    if authorized(headers, &settings.admin_token) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
 pub async fn release_lease(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<ReleaseQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if !authorized(&headers, &state.settings.admin_token) {
-        return Err(ApiError::Unauthorized);
-    }
+    require_admin(&headers, &state.settings)?;
     let wi = q
         .work_item
         .filter(|w| !w.trim().is_empty())

@@ -2,8 +2,10 @@
 
 pub mod admin;
 pub mod error;
+pub mod items;
 pub mod metrics;
 pub mod queue;
+pub mod tasks;
 pub mod telegram;
 
 use std::sync::Arc;
@@ -50,13 +52,33 @@ pub fn router_with_intake(state: AppState, intake: Option<Intake>) -> Router {
     let mut routes = Router::new()
         .route("/health", get(health))
         .route("/queue", get(queue::queue))
+        .route("/tasks/{work_item}", get(tasks::show))
         .route("/metrics", get(metrics::render))
         .route("/transition-lease/release", post(admin::release_lease));
     if state.settings.ops.telegram_updates == crate::config::UpdatesMode::Webhook {
         routes = routes.route("/webhooks/telegram", post(telegram::webhook));
     }
     if let Some(intake) = intake {
+        // B-10: the local tracker; a status change takes the intake's path.
         routes = routes
+            .route(
+                "/items",
+                post(items::create)
+                    .get(items::list)
+                    .with_state(intake.clone()),
+            )
+            .route(
+                "/items/{work_item}",
+                get(items::show).with_state(intake.clone()),
+            )
+            .route(
+                "/items/{work_item}/status",
+                post(items::set_status).with_state(intake.clone()),
+            )
+            .route(
+                "/items/{work_item}/comments",
+                post(items::comment).with_state(intake.clone()),
+            )
             .route(
                 "/webhooks/plane",
                 post(intake::webhook::<Plane>).with_state(intake.clone()),

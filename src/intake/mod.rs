@@ -9,6 +9,7 @@
 //! delivery through the same processing again.
 
 pub mod gitea;
+pub mod local;
 pub mod plane;
 
 use std::collections::BTreeMap;
@@ -250,6 +251,11 @@ impl Intake {
         &self.0.pipeline
     }
 
+    /// Wake the worker: a delivery was stored outside `accept` (B-10).
+    pub fn wake(&self) {
+        self.0.wake.notify_one();
+    }
+
     /// Store a verified delivery (one transaction), then wake the worker.
     pub async fn accept<S: Source>(&self, d: &Signed<S>) -> Result<Accepted, sqlx::Error> {
         let settled = d.parsed.event.settled_outcome();
@@ -316,7 +322,7 @@ impl Intake {
     /// Dedup applies (an already processed delivery is skipped) unless `force`.
     pub async fn replay(&self, delivery_id: &str, force: bool) -> Result<Replay, ReplayError> {
         let (source, id) = match delivery_id.split_once(':') {
-            Some((s @ ("plane" | "gitea"), rest)) => (Some(s), rest),
+            Some((s @ ("plane" | "gitea" | "local"), rest)) => (Some(s), rest),
             _ => (None, delivery_id),
         };
         let mut rows = deliveries::by_delivery_id(self.0.pipeline.db.reader(), id).await?;
@@ -351,6 +357,12 @@ impl Intake {
     }
 
     async fn process(&self, row: &DeliveryRow) -> String {
+        if row.source == crate::db::local_items::SOURCE {
+            return self
+                .local_status(&row.body)
+                .await
+                .unwrap_or_else(|e| format!("error: {e}"));
+        }
         let headers = stored_headers(&row.headers);
         let parsed = match row.source.as_str() {
             "plane" => Plane::parse(Plane::event_header(&headers).as_deref(), &row.body),

@@ -54,11 +54,12 @@ pub async fn tick(rt: &Runtime, stats: &ForgePollStats) -> anyhow::Result<()> {
         let Some(branch) = task.branch.as_deref() else {
             continue;
         };
-        if project.gitea_repo.is_empty() || branch == project.default_branch {
+        if project.forge_name().is_empty() || branch == project.default_branch {
             continue;
         }
         let repo = ForgeRepo {
-            full_name: project.gitea_repo.clone(),
+            project: project.name.clone(),
+            full_name: project.forge_name().to_string(),
             default_branch: project.default_branch.clone(),
             local_clone: Default::default(),
         };

@@ -15,7 +15,7 @@ pub const ACTOR: &str = "gitea-webhook";
 impl Pipeline {
     pub async fn on_pr_merged(&self, pr: &PrMerged) -> Result<Handled, EngineError> {
         let Some(project) = self.settings.projects.iter().find(|p| {
-            !p.gitea_repo.is_empty() && p.gitea_repo.eq_ignore_ascii_case(&pr.repo_full_name)
+            !p.forge_name().is_empty() && p.forge_name().eq_ignore_ascii_case(&pr.repo_full_name)
         }) else {
             return Ok(Handled::Ignored(format!(
                 "repository {} is not configured",

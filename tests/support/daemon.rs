@@ -16,7 +16,20 @@ use super::plane_double::PlaneDouble;
 
 pub const REPO: &str = "team/demo";
 
+/// Which tracker and forge the daemon of a world uses (B-10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pair {
+    /// Plane and Gitea (their doubles).
+    PlaneGitea,
+    /// The built-in tracker and forge; the Gitea double's bare repository
+    /// is a plain git remote, the Plane double is not configured.
+    Local,
+}
+
+pub const PAIRS: [Pair; 2] = [Pair::PlaneGitea, Pair::Local];
+
 pub struct World {
+    pub pair: Pair,
     pub dir: tempfile::TempDir,
     pub plane: PlaneDouble,
     pub gitea: GiteaDouble,
@@ -28,17 +41,26 @@ pub struct World {
 /// The doubles, a config file with one project (`project_extra` appended
 /// to it) and the daemon's environment (`extra_env` after the defaults).
 pub async fn world(project_extra: &str, extra_env: &[(&str, &str)]) -> World {
+    world_of(Pair::PlaneGitea, project_extra, extra_env).await
+}
+
+/// [`world`] with the daemon on the adapter `pair`.
+pub async fn world_of(pair: Pair, project_extra: &str, extra_env: &[(&str, &str)]) -> World {
     let dir = tempfile::tempdir().unwrap();
     let plane = PlaneDouble::start("acme", "key").await;
     let pid = plane.add_project("DEMO");
     let gitea = GiteaDouble::start(dir.path(), "tok").await;
     let bare = gitea.create_repo(REPO);
     let config = dir.path().join("orchestrator.toml");
+    let adapters = match pair {
+        Pair::PlaneGitea => format!("plane_project_id = \"{pid}\"\ngitea_repo = \"{REPO}\"\n"),
+        Pair::Local => "tracker = \"local\"\nforge = \"local\"\n".to_string(),
+    };
     std::fs::write(
         &config,
         format!(
-            "[plane]\nworkspace = \"acme\"\n\n[[projects]]\nname = \"demo\"\nplane_project_id = \"{pid}\"\n\
-             work_item_prefix = \"DEMO\"\nrepo_url = \"{}\"\ngitea_repo = \"{REPO}\"\n{project_extra}\n",
+            "[plane]\nworkspace = \"acme\"\n\n[[projects]]\nname = \"demo\"\n{adapters}\
+             work_item_prefix = \"DEMO\"\nrepo_url = \"{}\"\n{project_extra}\n",
             bare.display()
         ),
     )
@@ -68,6 +90,9 @@ pub async fn world(project_extra: &str, extra_env: &[(&str, &str)]) -> World {
         ("ORCH_POST_DEPLOY_TICK_S", "1".into()),
     ]
     .into_iter()
+    .filter(|(k, _)| {
+        pair == Pair::PlaneGitea || !(k.starts_with("ORCH_PLANE_") || k.starts_with("ORCH_GITEA_"))
+    })
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     env.extend(
@@ -76,6 +101,7 @@ pub async fn world(project_extra: &str, extra_env: &[(&str, &str)]) -> World {
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
     World {
+        pair,
         dir,
         plane,
         gitea,

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use orchestrator::app::build_pipeline;
 use orchestrator::clients::Forge;
-use orchestrator::clients::gitea::{DisabledForge, GiteaClient};
+use orchestrator::clients::gitea::GiteaClient;
+use orchestrator::clients::local_forge::LocalForge;
 use orchestrator::clients::retry::RecordingSleeper;
 use orchestrator::config::{EnvVars, Settings};
 use orchestrator::db::Db;
@@ -99,7 +100,7 @@ impl DeployEnv {
                 .unwrap(),
             )
         } else {
-            Arc::new(DisabledForge::default())
+            Arc::new(LocalForge::new(settings.clone()))
         };
         let tracker = Arc::new(RecordingTracker::default());
         let notifier = Arc::new(RecordingNotifier::default());

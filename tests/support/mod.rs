@@ -39,6 +39,7 @@ pub mod doubles;
 pub mod gitea_double;
 pub mod intake_env;
 pub mod model_api;
+pub mod pairs;
 pub mod plane_double;
 pub mod plane_webhooks;
 pub mod runtime;

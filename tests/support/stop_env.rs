@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use orchestrator::clients::gitea::forge_from_settings;
+use orchestrator::clients::daemon_forge;
 use orchestrator::db::tasks::{self, TaskRow};
 use orchestrator::db::{jobs, merge_lease};
 use orchestrator::domain::gates::STAGING_REPORT;
@@ -36,7 +36,7 @@ pub async fn harness(env: &[(&str, &str)]) -> Harness {
         b.effects(orchestrator::effects::daemon_effects(
             s.clone(),
             db.clone(),
-            forge_from_settings(s),
+            daemon_forge(s),
         ))
     })
     .await

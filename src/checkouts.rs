@@ -1,5 +1,6 @@
-//! The deploy path's own clone of each project (F-19, F-23):
-//! `<workspace_root>/deploys/repos/<project>`.
+//! Per-project clones under a root of their own: the deploy path's
+//! (`<workspace_root>/deploys/repos/<project>`, F-19, F-23) and the local
+//! forge's (`<workspace_root>/forge/repos/<project>`, B-10).
 //!
 //! Why not the shared clone under `repos/`: the worker adds and prepares task
 //! worktrees there under `git::Workspace`'s in-process lock, and git's own
@@ -299,6 +300,31 @@ impl Checkouts {
                 &push.stderr,
                 &push.stdout,
             )))
+        }
+    }
+}
+
+impl Checkouts {
+    /// Delete `refs/heads/<branch>` on the remote: a ref deletion, never a
+    /// force-push. `Ok(false)` when it was not there. The caller has
+    /// refused the default branch.
+    pub async fn delete_remote_branch(
+        &self,
+        dir: &Path,
+        branch: &str,
+    ) -> Result<bool, CheckoutError> {
+        let refname = format!("refs/heads/{branch}");
+        let args = ["push", "--quiet", "origin", "--delete", refname.as_str()];
+        let out = run_git(dir, &args).await?;
+        match out.code {
+            Some(0) => Ok(true),
+            _ if out.stderr.contains("remote ref does not exist") => Ok(false),
+            code => Err(CheckoutError::Failed {
+                args: args.join(" "),
+                dir: dir.to_path_buf(),
+                code,
+                stderr: out.stderr,
+            }),
         }
     }
 }
