@@ -289,6 +289,9 @@ fn a_numeric_secret_is_a_secret_kept_whole_and_never_printed() {
         errors.iter().any(|e| e.contains("admin_token")),
         "{errors:?}"
     );
+}
+
+#[test]
 fn each_project_gets_its_tracker_and_forge_local_by_default() {
     let f = toml_file(
         "[[projects]]\nname = \"a\"\nrepo_url = \"/r/a.git\"\ngitea_repo = \"t/a\"\n\n\
