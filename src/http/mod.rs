@@ -1,9 +1,11 @@
 //! The HTTP surface: one `router()` wiring every route and layer.
 
 pub mod admin;
+pub mod board;
 pub mod error;
 pub mod metrics;
 pub mod queue;
+pub mod session;
 pub mod telegram;
 
 use std::sync::Arc;
@@ -51,7 +53,8 @@ pub fn router_with_intake(state: AppState, intake: Option<Intake>) -> Router {
         .route("/health", get(health))
         .route("/queue", get(queue::queue))
         .route("/metrics", get(metrics::render))
-        .route("/transition-lease/release", post(admin::release_lease));
+        .route("/transition-lease/release", post(admin::release_lease))
+        .merge(board::router());
     if state.settings.ops.telegram_updates == crate::config::UpdatesMode::Webhook {
         routes = routes.route("/webhooks/telegram", post(telegram::webhook));
     }
