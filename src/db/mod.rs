@@ -5,6 +5,7 @@
 //! takes the write lock up front and honours `busy_timeout`.
 
 pub mod alerts;
+pub mod board;
 pub mod deliveries;
 pub mod deploys;
 pub mod effects;

@@ -1,12 +1,15 @@
 //! Operator surface: `POST /transition-lease/release?work_item=<id>` with
-//! `Authorization: Bearer <ORCH_ADMIN_TOKEN>` (F-10).
+//! `Authorization: Bearer <ORCH_ADMIN_TOKEN>` (F-10), or a board session
+//! with its CSRF token (B-3); the one admin check, [`authorized`].
 
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 
+use super::session::{self, Refusal};
 use super::{ApiError, AppState};
 use crate::stage_engine::ForceRelease;
 
@@ -18,35 +21,51 @@ pub struct ReleaseQuery {
     holder: Option<String>,
 }
 
-/// Constant-time comparison of the bearer token. No configured token means
-/// the admin surface is closed.
+/// The one admin check of every admin route: the bearer token (CLI,
+/// scripts), or a board session (B-3) whose request carries its CSRF token
+/// from our own origin (`session::Sessions::check`). No configured token
+/// means the admin surface is closed, sessions included.
 pub fn authorized(headers: &HeaderMap, token: &crate::config::Secret) -> bool {
+    require(headers, token).is_ok()
+}
+
+/// [`authorized`] with the reason: 401 when no credential was offered or
+/// it is wrong, 403 when a live session's request failed the CSRF checks.
+pub fn require(headers: &HeaderMap, token: &crate::config::Secret) -> Result<(), ApiError> {
     if token.is_empty() {
-        return false;
+        return Err(ApiError::Unauthorized);
     }
-    let Some(given) = headers
+    if let Some(given) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.expose().as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    {
+        return if token_matches(given.trim(), token) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        };
+    }
+    match session::global().check(headers) {
+        Ok(()) => Ok(()),
+        Err(Refusal::NoSession) => Err(ApiError::Unauthorized),
+        Err(r) => Err(ApiError::Forbidden(r.to_string())),
+    }
 }
 
-/// Every admin route's check (F-10, B-10): `Err(Unauthorized)` unless the
-/// request carries the admin token. The one place a new credential (the
-/// board's session cookie) is accepted.
+/// Constant-time comparison with the admin token (also the board's
+/// sign-in).
+pub fn token_matches(given: &str, token: &crate::config::Secret) -> bool {
+    !token.is_empty() && bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
+}
+
+/// Every admin route's check (F-10, B-10, B-3): [`require`] against the
+/// configured admin token.
 pub fn require_admin(
     headers: &HeaderMap,
     settings: &crate::config::Settings,
 ) -> Result<(), ApiError> {
-    if authorized(headers, &settings.admin_token) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    require(headers, &settings.admin_token)
 }
 
 pub async fn release_lease(

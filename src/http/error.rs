@@ -12,6 +12,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("unauthorized")]
     Unauthorized,
+    /// Credentials were offered but the request may not act (a board
+    /// session's request failing its CSRF checks).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("service unavailable: {0}")]
@@ -43,6 +47,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(e) => {

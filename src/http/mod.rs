@@ -1,10 +1,12 @@
 //! The HTTP surface: one `router()` wiring every route and layer.
 
 pub mod admin;
+pub mod board;
 pub mod error;
 pub mod items;
 pub mod metrics;
 pub mod queue;
+pub mod session;
 pub mod tasks;
 pub mod telegram;
 
@@ -54,7 +56,8 @@ pub fn router_with_intake(state: AppState, intake: Option<Intake>) -> Router {
         .route("/queue", get(queue::queue))
         .route("/tasks/{work_item}", get(tasks::show))
         .route("/metrics", get(metrics::render))
-        .route("/transition-lease/release", post(admin::release_lease));
+        .route("/transition-lease/release", post(admin::release_lease))
+        .merge(board::router());
     if state.settings.ops.telegram_updates == crate::config::UpdatesMode::Webhook {
         routes = routes.route("/webhooks/telegram", post(telegram::webhook));
     }

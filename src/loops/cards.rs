@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clients::telegram::{Bot, Button, TgError};
 use crate::config::{Settings, TrackerMode};
+use crate::db::runs::RunRow;
 use crate::db::{Db, history, jobs, tasks, telegram};
 use crate::domain::Stage;
 use crate::http::StatusBlock;
@@ -304,8 +305,40 @@ pub async fn load_view(db: &Db, task_id: i64) -> Result<Option<CardView>, sqlx::
     let Some(task) = tasks::get(r, task_id).await? else {
         return Ok(None);
     };
-    let runs: Vec<RunLine> = telegram::runs_for_task(r, task_id)
-        .await?
+    let runs = telegram::runs_for_task(r, task_id).await?;
+    let active = jobs::active_for_task(r, task_id).await?;
+    let cancelled_from = if task.stage == Stage::Cancelled {
+        history::for_task(r, task_id)
+            .await?
+            .iter()
+            .rev()
+            .find(|h| h.to_stage == Stage::Cancelled)
+            .map(|h| h.from_stage)
+    } else {
+        None
+    };
+    let merge = telegram::merge_result(r, task_id).await?;
+    Ok(Some(view_of(
+        &task,
+        runs,
+        active.as_ref(),
+        cancelled_from,
+        merge.as_deref(),
+    )))
+}
+
+/// The card of a task from its rows: the one derivation the Telegram card
+/// and the board (B-3) share, so they can never disagree. `cancelled_from`
+/// is the stage a cancelled task left; `merge` what its done `merge_pr`
+/// effect recorded.
+pub fn view_of(
+    task: &tasks::TaskRow,
+    runs: Vec<RunRow>,
+    active: Option<&jobs::JobRow>,
+    cancelled_from: Option<Stage>,
+    merge: Option<&str>,
+) -> CardView {
+    let runs: Vec<RunLine> = runs
         .into_iter()
         .filter_map(|run| {
             Some(RunLine {
@@ -318,33 +351,28 @@ pub async fn load_view(db: &Db, task_id: i64) -> Result<Option<CardView>, sqlx::
             })
         })
         .collect();
-    let active = jobs::active_for_task(r, task_id).await?;
     let reached = if task.stage == Stage::Cancelled {
-        history::for_task(r, task_id)
-            .await?
-            .iter()
-            .rev()
-            .find(|h| h.to_stage == Stage::Cancelled)
-            .map_or(Stage::Created, |h| h.from_stage)
+        cancelled_from.unwrap_or(Stage::Created)
     } else {
         task.stage
     };
-    let merge_commit = telegram::merge_result(r, task_id)
-        .await?
+    let merge_commit = merge
         .map(|s| s.trim().to_string())
         .filter(|s| s.len() >= 7 && s.bytes().all(|b| b.is_ascii_hexdigit()));
-    let gates = open_gates(&task, active.as_ref(), &runs);
-    Ok(Some(CardView {
+    let gates = open_gates(task, active, &runs);
+    CardView {
         work_item: task.work_item.clone(),
         title: task.title.clone(),
         stage: task.stage,
         stage_version: task.stage_version,
         reached,
-        running: active.filter(|j| j.status == "running").map(|j| j.role),
+        running: active
+            .filter(|j| j.status == "running")
+            .map(|j| j.role.clone()),
         runs,
         hold_reason: task.hold_reason.clone(),
         merge_commit,
         head: task.validated_sha.clone(),
         gates,
-    }))
+    }
 }

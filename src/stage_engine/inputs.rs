@@ -31,7 +31,7 @@ pub fn artifact_dir(worktree: &Path, work_item: &str) -> PathBuf {
 pub struct FsArtifacts;
 
 /// The artifact dir relative to the worktree (the trusted root of its read).
-fn artifact_rel(work_item: &str) -> PathBuf {
+pub fn artifact_rel(work_item: &str) -> PathBuf {
     Path::new("docs").join("work-items").join(work_item)
 }
 
