@@ -284,8 +284,15 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Stages whose exit gate the simulation judges by a seeded verdict: those
+/// with a rollback, except deploy, whose gate is a person's confirmation
+/// (its rollback is only the merge-head guard's, issue 11 pt 4).
+pub fn verdict_judged(stage: Stage) -> bool {
+    stage.rollback().is_some() && stage != Stage::Deploy
+}
+
 pub fn sim_passes(seed: u64, task: &TaskRow) -> bool {
-    if task.stage.rollback().is_none() {
+    if !verdict_judged(task.stage) {
         return true;
     }
     let h = mix(seed
@@ -570,7 +577,7 @@ pub async fn check_with(
                 ));
             }
             if let Some(seed) = verdicts_of
-                && h.from_stage.rollback().is_some()
+                && verdict_judged(h.from_stage)
                 && h.to_stage != Stage::Cancelled
                 && h.actor != "merge-gate"
             {
