@@ -249,26 +249,8 @@ impl World {
     /// stage directly, like the engine tests).
     pub async fn task_at(&self, db: &Db, seq: i64, stage: Stage) -> (String, TaskRow) {
         let item = self.plane.add_item(&self.pid, seq, &format!("Item {seq}"));
-        let id = tasks::insert(
-            db.writer(),
-            &NewTask {
-                work_item: format!("DEMO-{seq}"),
-                plane_issue_id: Some(item.clone()),
-                project: "demo".into(),
-                title: format!("Item {seq}"),
-                branch: Some(format!("demo-{seq}")),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        sqlx::query("UPDATE tasks SET stage = ?, stage_version = 7 WHERE id = ?")
-            .bind(stage)
-            .bind(id)
-            .execute(db.writer())
-            .await
-            .unwrap();
-        (item, tasks::get(db.reader(), id).await.unwrap().unwrap())
+        let task = seed_task(db, seq, &item, stage).await;
+        (item, task)
     }
 
     pub fn merges_in_main(&self) -> usize {
@@ -347,4 +329,29 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The task of work item `DEMO-<seq>` (tracker item `item`) at `stage`,
+/// version 7: test set-up writes the stage directly, like the engine tests.
+pub async fn seed_task(db: &Db, seq: i64, item: &str, stage: Stage) -> TaskRow {
+    let id = tasks::insert(
+        db.writer(),
+        &NewTask {
+            work_item: format!("DEMO-{seq}"),
+            plane_issue_id: Some(item.to_string()),
+            project: "demo".into(),
+            title: format!("Item {seq}"),
+            branch: Some(format!("demo-{seq}")),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE tasks SET stage = ?, stage_version = 7 WHERE id = ?")
+        .bind(stage)
+        .bind(id)
+        .execute(db.writer())
+        .await
+        .unwrap();
+    tasks::get(db.reader(), id).await.unwrap().unwrap()
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use orchestrator::db::Db;
-use orchestrator::db::tasks::{self, NewTask, TaskRow};
+use orchestrator::db::tasks::TaskRow;
 use orchestrator::domain::Stage;
 use serde_json::{Value, json};
 
@@ -110,26 +110,8 @@ impl World {
         status: &str,
     ) -> (String, TaskRow) {
         let item = self.new_item(d, seq, status).await;
-        let id = tasks::insert(
-            db.writer(),
-            &NewTask {
-                work_item: format!("DEMO-{seq}"),
-                plane_issue_id: Some(item.clone()),
-                project: "demo".into(),
-                title: format!("Item {seq}"),
-                branch: Some(format!("demo-{seq}")),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        sqlx::query("UPDATE tasks SET stage = ?, stage_version = 7 WHERE id = ?")
-            .bind(stage)
-            .bind(id)
-            .execute(db.writer())
-            .await
-            .unwrap();
-        (item, tasks::get(db.reader(), id).await.unwrap().unwrap())
+        let task = super::daemon::seed_task(db, seq, &item, stage).await;
+        (item, task)
     }
 
     /// [`item_at`] at `stage` with a commit pushed on the task branch; its head.
