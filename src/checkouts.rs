@@ -305,6 +305,34 @@ impl Checkouts {
 }
 
 impl Checkouts {
+    /// Keep a line of text with a branch in this clone's own config (git's
+    /// `branch.<name>.description`): the local forge's "PR title", which
+    /// the merge commit's message carries. Never sent to the remote.
+    pub async fn set_description(
+        &self,
+        dir: &Path,
+        branch: &str,
+        text: &str,
+    ) -> Result<(), CheckoutError> {
+        let key = format!("branch.{branch}.description");
+        git_ok(dir, &["config", "--local", &key, text]).await?;
+        Ok(())
+    }
+
+    /// The line [`set_description`](Self::set_description) kept, if any.
+    pub async fn description(
+        &self,
+        dir: &Path,
+        branch: &str,
+    ) -> Result<Option<String>, CheckoutError> {
+        let key = format!("branch.{branch}.description");
+        let out = run_git(dir, &["config", "--local", "--get", &key]).await?;
+        let text = out.stdout.trim();
+        Ok((out.code == Some(0) && !text.is_empty()).then(|| text.to_string()))
+    }
+}
+
+impl Checkouts {
     /// Delete `refs/heads/<branch>` on the remote: a ref deletion, never a
     /// force-push. `Ok(false)` when it was not there. The caller has
     /// refused the default branch.

@@ -73,6 +73,10 @@ enum Command {
         /// Exit 0 once the work item is done (else stay up until Ctrl-C).
         #[arg(long)]
         exit_when_done: bool,
+        /// Only set up and serve: create the work item and answer its gates
+        /// yourself, on the board or with the CLI.
+        #[arg(long, conflicts_with = "exit_when_done")]
+        by_hand: bool,
         /// The agent: the scripted example, or the Claude Code CLI.
         #[arg(long, value_enum, default_value_t = DemoAgent::Scripted)]
         agent: DemoAgent,
@@ -145,11 +149,12 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Demo {
         dir,
         exit_when_done,
+        by_hand,
         agent,
         bind,
     }) = cli.command
     {
-        return demo(&env, dir, exit_when_done, agent, bind);
+        return demo(&env, dir, exit_when_done, by_hand, agent, bind);
     }
     let (settings, report) = Settings::load(&env)?;
     let filter = env
@@ -284,6 +289,7 @@ fn demo(
     env: &EnvVars,
     dir: Option<PathBuf>,
     exit_when_done: bool,
+    by_hand: bool,
     agent: DemoAgent,
     bind: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
@@ -313,6 +319,7 @@ fn demo(
         dir,
         bind,
         exit_when_done,
+        by_hand,
         agent: match agent {
             DemoAgent::Scripted => demo::Agent::Scripted,
             DemoAgent::Claude => demo::Agent::Claude,

@@ -71,14 +71,25 @@ async fn run_page(
     expect: Value,
     shot: &Path,
 ) -> String {
+    run_page_at(chromium, &d.url(""), TOKEN, scenario, expect, shot).await
+}
+
+async fn run_page_at(
+    chromium: &Path,
+    url: &str,
+    token: &str,
+    scenario: &str,
+    expect: Value,
+    shot: &Path,
+) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/board/board.cjs");
     // Output to a file, so a hang still shows how far the page got.
     let log = shot.with_extension(format!("{scenario}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut child = tokio::process::Command::new("node")
         .arg(&script)
-        .env("BOARD_URL", d.url(""))
-        .env("BOARD_TOKEN", TOKEN)
+        .env("BOARD_URL", url)
+        .env("BOARD_TOKEN", token)
         .env("BOARD_SCENARIO", scenario)
         .env("BOARD_EXPECT", expect.to_string())
         .env("BOARD_SCREENSHOT", shot)
@@ -345,4 +356,113 @@ async fn artifacts_are_served_as_text_and_refused_when_unsafe() {
             .is_ok_and(|r| r.status().is_success())
     })
     .await;
+}
+
+/// `orchestrator demo --by-hand` until it printed its board's address and
+/// token; the rest of its output is kept for a failure's message.
+struct ByHandDemo {
+    child: tokio::process::Child,
+    url: String,
+    token: String,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+async fn demo_by_hand(dir: &Path) -> ByHandDemo {
+    use tokio::io::AsyncBufReadExt;
+    let home = dir.parent().unwrap().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut child = tokio::process::Command::new(support::bin())
+        .args(["demo", "--by-hand", "--bind", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .current_dir(dir.parent().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the demo starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (mut url, mut token) = (None, None);
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while url.is_none() || token.is_none() {
+            let Some(line) = lines.next_line().await.unwrap() else {
+                break;
+            };
+            out.lock().unwrap().push_str(&format!("{line}\n"));
+            if let Some(u) = line.strip_prefix("board: ") {
+                url = Some(u.trim_end_matches('/').to_string());
+            }
+            if let Some((_, t)) = line.split_once("ORCH_ADMIN_TOKEN=") {
+                token = Some(t.trim().to_string());
+            }
+        }
+    })
+    .await;
+    let seen = out.lock().unwrap().clone();
+    assert!(started.is_ok(), "the demo did not start in 60 s:\n{seen}");
+    let (Some(url), Some(token)) = (url, token) else {
+        panic!("the demo printed no board address or token:\n{seen}")
+    };
+    let rest = out.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    ByHandDemo {
+        child,
+        url,
+        token,
+        out,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_local_mode_an_item_made_on_the_board_is_taken_to_done_by_its_buttons() {
+    let Some(chromium) = browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut demo = demo_by_hand(&dir).await;
+    let title = "Greet the board's user";
+    let shot = std::env::var_os("BOARD_LOCAL_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().join("board-local.png"));
+    let expect = json!({ "project": "demo", "title": title });
+    let page = run_page_at(&chromium, &demo.url, &demo.token, "local", expect, &shot).await;
+    let item = page
+        .lines()
+        .find_map(|l| l.strip_prefix("WORK_ITEM="))
+        .expect("the page names the work item")
+        .trim()
+        .to_string();
+
+    // The outside world: one merge on the remote's main, carrying the title.
+    let remote = dir.join("remote.git");
+    let git = |args: &[&str]| support::gitea_double::git(&remote, args);
+    let log = demo.out.lock().unwrap().clone();
+    assert_eq!(
+        git(&["rev-list", "--merges", "--count", "main"]),
+        "1",
+        "{log}"
+    );
+    let message = git(&["log", "-1", "--merges", "--format=%s", "main"]);
+    assert!(
+        message.contains(title) && message.contains(&item.to_ascii_lowercase()),
+        "the merge message {message:?} lacks the title or the branch"
+    );
+    assert!(git(&["show", "main:CHANGES.md"]).contains(&item), "{log}");
+
+    // Ctrl-C stops the demo cleanly.
+    let pid = nix::unistd::Pid::from_raw(demo.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), demo.child.wait())
+        .await
+        .expect("the demo stops on Ctrl-C")
+        .unwrap();
+    let log = demo.out.lock().unwrap().clone();
+    assert!(status.success(), "exit {status:?}:\n{log}");
+    assert!(log.contains("Ctrl-C: stopping"), "{log}");
 }

@@ -146,7 +146,7 @@ async fn a_merge_is_one_no_ff_commit_and_asking_again_finds_it() {
     let head = push_branch(&e, "demo-1", "feature.txt");
     let pr = e
         .forge
-        .ensure_open_pr(&e.repo, "demo-1", "t", "")
+        .ensure_open_pr(&e.repo, "demo-1", "DEMO-1: Add a\nflag\u{7}  please", "")
         .await
         .unwrap();
     assert_eq!(pr, PrState::Open { number: 1 });
@@ -161,6 +161,11 @@ async fn a_merge_is_one_no_ff_commit_and_asking_again_finds_it() {
         git(&e.bare, &["rev-parse", &format!("{sha}^2")]),
         head,
         "--no-ff: the head is the second parent"
+    );
+    // The merge message carries the task's title, on one line.
+    assert_eq!(
+        git(&e.bare, &["log", "-1", "--format=%B", &sha]),
+        "Merge branch 'demo-1': DEMO-1: Add a flag please"
     );
     assert!(e.forge.sha_in_main(&e.repo, &head).await.unwrap());
     // The answer was lost and the merge is asked for again: found, not made.

@@ -5,6 +5,8 @@
 //! starts the daemon in process, creates a work item over the daemon's HTTP
 //! API like any client, answers the two human gates itself (Approved at the
 //! BRD, Confirm Deploy at deploy) and prints each stage as it changes.
+//! With `--by-hand` it only makes the world and serves it: the person
+//! creates the item and answers the gates on the board or with the CLI.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,9 @@ pub struct Options {
     pub dir: PathBuf,
     pub bind: SocketAddr,
     pub exit_when_done: bool,
+    /// Make the world and serve it, but leave the work item and its gates
+    /// to the person (on the board or with the CLI).
+    pub by_hand: bool,
     pub agent: Agent,
     /// Where `claude` was found on PATH, when it was.
     pub claude: Option<PathBuf>,
@@ -100,6 +105,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let addr = running.addr;
     println!("board: http://{addr}/");
     println!("for the CLI meanwhile: export ORCH_URL=http://{addr} ORCH_ADMIN_TOKEN={token}");
+    if opts.by_hand {
+        println!(
+            "by hand: sign in on the board with the token above (ORCH_ADMIN_TOKEN), create a work item of project demo, then press Approve and Confirm Deploy when they show; or: orchestrator item new 'A title' --project demo"
+        );
+        println!("Ctrl-C stops the daemon");
+        tokio::signal::ctrl_c().await?;
+        println!("Ctrl-C: stopping");
+        return running.stop().await;
+    }
     let client = Client::new(&addr.to_string(), &token)?;
     let outcome = tokio::select! {
         r = drive(&client, &remote) => r,

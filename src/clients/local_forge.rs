@@ -97,6 +97,25 @@ fn git_err(e: CheckoutError) -> ClientError {
     }
 }
 
+/// The longest title a merge message carries.
+const TITLE_MAX_CHARS: usize = 200;
+
+/// `text` on one line (control characters as spaces, runs of spaces as
+/// one), at most `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let spaced: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    spaced
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(max)
+        .collect()
+}
+
 fn is_protected(branch: &str, default_branch: &str) -> bool {
     let b = branch.trim();
     b.is_empty()
@@ -113,7 +132,7 @@ impl Forge for LocalForge {
         &self,
         repo: &ForgeRepo,
         branch: &str,
-        _title: &str,
+        title: &str,
         _body: &str,
     ) -> Result<PrState, ClientError> {
         let project = self.project(repo)?;
@@ -147,6 +166,15 @@ impl Forge for LocalForge {
             .map_err(git_err)?
         {
             return Ok(PrState::AlreadyInMain);
+        }
+        // The title goes into the merge commit's message. A title is the
+        // tracker's text: one line, bounded, whatever was typed.
+        let title = one_line(title, TITLE_MAX_CHARS);
+        if !title.is_empty() {
+            self.clones
+                .set_description(&dir, branch, &title)
+                .await
+                .map_err(git_err)?;
         }
         Ok(PrState::Open { number })
     }
@@ -190,7 +218,12 @@ impl Forge for LocalForge {
                     sha: sha.unwrap_or_else(|| head_sha.to_string()),
                 });
             }
-            let message = format!("Merge branch '{branch}' ({})", branch.to_ascii_uppercase());
+            // A clone made after a restart may not have the title: the
+            // work item alone then.
+            let message = match c.description(&dir, &branch).await.map_err(git_err)? {
+                Some(title) => format!("Merge branch '{branch}': {title}"),
+                None => format!("Merge branch '{branch}' ({})", branch.to_ascii_uppercase()),
+            };
             match c
                 .merge_locally(&dir, &project.default_branch, &branch, &message)
                 .await
