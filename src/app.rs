@@ -283,14 +283,21 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     if let Some(outbox) = outbox {
         blocks.push(outbox);
     }
+    let metrics = Arc::new(Metrics::default());
+    let conns = metrics.conns.clone();
     let state = AppState {
         settings: settings.clone(),
         db: db.clone(),
         engine: engine.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         blocks: Arc::new(blocks),
+        health: Default::default(),
     };
     let router = http::router_with_intake(state, Some(intake));
+    let limits = http::server::Limits {
+        header_timeout: Duration::from_millis(settings.http_header_timeout_ms),
+        max_connections: usize::try_from(settings.http_max_connections).unwrap_or(usize::MAX),
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
     let (force, forced) = shutdown::channel();
@@ -304,7 +311,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
         drain_bound: Duration::from_secs(settings.shutdown_effect_drain_s),
         lock,
     };
-    let join = tokio::spawn(serve(router, listener, end));
+    let join = tokio::spawn(serve(router, listener, limits, conns, end));
     Ok(Running {
         addr,
         engine,
@@ -335,10 +342,21 @@ const DRAIN_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Gitea retries a refused delivery); stop the server, the loops, the
 /// database. Past the bound, or on a second signal, what still runs is left
 /// running detached (its own session) for the next start to adopt.
-async fn serve(router: axum::Router, listener: TcpListener, end: End) -> anyhow::Result<()> {
+async fn serve(
+    router: axum::Router,
+    listener: TcpListener,
+    limits: http::server::Limits,
+    conns: Arc<http::server::ConnStats>,
+    end: End,
+) -> anyhow::Result<()> {
     let (server_stop, server_stopped) = shutdown::channel();
-    let server = axum::serve(listener, router).with_graceful_shutdown(server_stopped.wait());
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(http::server::serve(
+        listener,
+        router,
+        limits,
+        conns,
+        server_stopped.wait(),
+    ));
     end.stop.clone().wait().await;
     end.drain.start_draining();
     let waiting = end.drain.in_flight();
@@ -372,8 +390,7 @@ async fn serve(router: axum::Router, listener: TcpListener, end: End) -> anyhow:
     server_stop.fire();
     // Stop accepting; in-flight requests get the grace period.
     match tokio::time::timeout(grace, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }

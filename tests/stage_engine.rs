@@ -1587,6 +1587,7 @@ async fn admin_release_and_queue_over_http() {
         engine: h.engine.clone(),
         metrics: Arc::new(Metrics::default()),
         blocks: Arc::new(vec![]),
+        health: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -318,6 +318,12 @@ impl<'a> Fields<'a> {
             http_body_limit_bytes: self
                 .positive("http_body_limit_bytes", d.http_body_limit_bytes as u64)
                 as usize,
+            http_header_timeout_ms: self
+                .positive("http_header_timeout_ms", d.http_header_timeout_ms),
+            http_body_timeout_ms: self.positive("http_body_timeout_ms", d.http_body_timeout_ms),
+            http_max_connections: self.positive("http_max_connections", d.http_max_connections),
+            webhook_max_in_flight: self.positive("webhook_max_in_flight", d.webhook_max_in_flight),
+            webhook_shed_after_ms: self.positive("webhook_shed_after_ms", d.webhook_shed_after_ms),
             shutdown_grace_s: self.positive("shutdown_grace_s", d.shutdown_grace_s),
             plane_base_url,
             plane_api_key: self.secret("plane_api_key"),

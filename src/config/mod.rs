@@ -294,6 +294,18 @@ pub struct Settings {
     pub log_level: String,
     /// Upper bound for a request body, in bytes.
     pub http_body_limit_bytes: usize,
+    /// F-30: how long a connection may take to send a request's header,
+    /// and may sit idle between keep-alive requests, before it is closed.
+    pub http_header_timeout_ms: u64,
+    /// F-30: how long a webhook's body may take to arrive once its header
+    /// has (a slow body would hold a webhook slot); 408 past it.
+    pub http_body_timeout_ms: u64,
+    /// F-30: open connections at most; one past it gets a bare 503.
+    pub http_max_connections: u64,
+    /// F-30: webhook requests handled at once; one more waits at most
+    /// `webhook_shed_after_ms` for a slot, then gets 503 with Retry-After.
+    pub webhook_max_in_flight: u64,
+    pub webhook_shed_after_ms: u64,
     /// How long shutdown waits for in-flight requests and loops.
     pub shutdown_grace_s: u64,
     /// B-13: how long a graceful stop waits for irreversible effects in
@@ -399,6 +411,11 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             http_body_limit_bytes: 1024 * 1024,
+            http_header_timeout_ms: 5_000,
+            http_body_timeout_ms: 10_000,
+            http_max_connections: 1_024,
+            webhook_max_in_flight: 64,
+            webhook_shed_after_ms: 1_000,
             shutdown_grace_s: 4,
             shutdown_effect_drain_s: 1800 + 60,
             plane_base_url: String::new(),

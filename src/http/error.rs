@@ -20,6 +20,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Too much at once (F-30): 503 with `Retry-After`.
+    #[error("busy: {what}; retry in {retry_after_s} s")]
+    Busy { what: String, retry_after_s: u64 },
+    /// The client did not send its request in time (F-30): 408.
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -50,6 +56,17 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Busy { retry_after_s, .. } => {
+                let retry = retry_after_s.to_string();
+                let body = Json(json!({ "error": self.to_string() }));
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(axum::http::header::RETRY_AFTER, retry)],
+                    body,
+                )
+                    .into_response();
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -18,6 +18,8 @@ pub struct Metrics {
     started: Instant,
     /// (route, method, status) -> count
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// The accept loop's figures (F-30).
+    pub conns: std::sync::Arc<super::server::ConnStats>,
 }
 
 impl Default for Metrics {
@@ -25,6 +27,7 @@ impl Default for Metrics {
         Self {
             started: Instant::now(),
             requests: Mutex::default(),
+            conns: Default::default(),
         }
     }
 }
@@ -45,7 +48,17 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+    // Likewise methods: the standard ones by name, anything else as one.
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::HEAD
+        | Method::OPTIONS
+        | Method::PATCH => req.method().as_str().to_string(),
+        _ => "other".to_string(),
+    };
     let resp = next.run(req).await;
     state
         .metrics
@@ -151,6 +164,34 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
             "{:.1}",
             state.metrics.started.elapsed().as_secs_f64()
         )),
+    );
+    let conns = &state.metrics.conns;
+    let load = |a: &std::sync::atomic::AtomicU64| {
+        Some(a.load(std::sync::atomic::Ordering::Relaxed).to_string())
+    };
+    gauge(
+        "orchestrator_http_connections_open",
+        "HTTP connections open now.",
+        "gauge",
+        load(&conns.open),
+    );
+    gauge(
+        "orchestrator_http_connections_accepted_total",
+        "HTTP connections accepted.",
+        "counter",
+        load(&conns.accepted),
+    );
+    gauge(
+        "orchestrator_http_connections_refused_total",
+        "HTTP connections refused with 503 because ORCH_HTTP_MAX_CONNECTIONS were open.",
+        "counter",
+        load(&conns.refused),
+    );
+    gauge(
+        "orchestrator_http_connections_errored_total",
+        "HTTP connections closed on an error (header timeout, malformed request, reset).",
+        "counter",
+        load(&conns.errored),
     );
     let stages = crate::db::tasks::count_by_stage(state.db.reader()).await?;
     let _ = writeln!(

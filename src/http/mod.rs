@@ -3,9 +3,11 @@
 pub mod admin;
 pub mod board;
 pub mod error;
+pub mod health;
 pub mod items;
 pub mod metrics;
 pub mod queue;
+pub mod server;
 pub mod session;
 pub mod tasks;
 pub mod telegram;
@@ -41,6 +43,7 @@ pub struct AppState {
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
     pub blocks: Blocks,
+    pub health: Arc<health::Health>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -107,10 +110,9 @@ pub fn router_with_intake(state: AppState, intake: Option<Intake>) -> Router {
 }
 
 async fn health(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    state.db.ping().await.map_err(|e| {
-        tracing::error!(error = %e, "health check: database unreachable");
-        ApiError::Unavailable("database unreachable".into())
-    })?;
+    if !state.health.database_ok(&state.db).await {
+        return Err(ApiError::Unavailable("database unreachable".into()));
+    }
     Ok(Json(
         json!({ "status": "ok", "database": "ok", "version": env!("CARGO_PKG_VERSION") }),
     ))

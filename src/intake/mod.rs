@@ -15,6 +15,7 @@ pub mod plane;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -122,6 +123,8 @@ pub struct Signed<S> {
     pub headers: String,
     pub body: Bytes,
     pub parsed: Parsed,
+    /// A webhook slot (F-30), held until the answer is made.
+    _slot: tokio::sync::OwnedSemaphorePermit,
     _source: PhantomData<fn() -> S>,
 }
 
@@ -130,13 +133,11 @@ impl<S: Source> FromRequest<Intake> for Signed<S> {
 
     async fn from_request(req: Request, intake: &Intake) -> Result<Self, Response> {
         let headers = req.headers().clone();
-        // 413 from the body limit passes through as axum answers it.
-        let body = Bytes::from_request(req, intake)
-            .await
-            .map_err(IntoResponse::into_response)?;
         let source = S::NAME;
-        let secret = S::secret(&intake.0.pipeline.settings);
+        let settings = &intake.0.pipeline.settings;
+        let secret = S::secret(settings);
         let unauthorized = || ApiError::Unauthorized.into_response();
+        // Who may send is settled before a byte of the body is read (F-30).
         if secret.is_empty() {
             // Fail closed: without a secret nobody can prove who sent it.
             tracing::error!(
@@ -149,6 +150,41 @@ impl<S: Source> FromRequest<Intake> for Signed<S> {
         let Some(given) = S::signature(&headers) else {
             tracing::warn!(source, "webhook refused: no signature header");
             return Err(unauthorized());
+        };
+        // Shed load well before the sender gives up (Gitea waits 5 s): a
+        // 503 now, and the reconciler's poll finds what it was about (F-16).
+        let wait = Duration::from_millis(settings.webhook_shed_after_ms);
+        let slot = match tokio::time::timeout(wait, intake.0.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                let shed = intake.0.shed.fetch_add(1, Ordering::Relaxed) + 1;
+                if shed.is_power_of_two() {
+                    tracing::warn!(
+                        source,
+                        shed,
+                        "webhook shed (503): ORCH_WEBHOOK_MAX_IN_FLIGHT are being handled"
+                    );
+                }
+                return Err(ApiError::Busy {
+                    what: "too many webhooks at once".into(),
+                    retry_after_s: 1,
+                }
+                .into_response());
+            }
+        };
+        // 413 from the body limit passes through as axum answers it; a body
+        // trickled in would hold the slot, so it has a deadline of its own.
+        let read = Duration::from_millis(settings.http_body_timeout_ms);
+        let body = match tokio::time::timeout(read, Bytes::from_request(req, intake)).await {
+            Ok(body) => body.map_err(IntoResponse::into_response)?,
+            Err(_) => {
+                tracing::warn!(source, "webhook refused: its body did not arrive in time");
+                return Err(ApiError::RequestTimeout(format!(
+                    "the body did not arrive within {} ms",
+                    read.as_millis()
+                ))
+                .into_response());
+            }
         };
         if !verify_signature(secret.expose().as_bytes(), &body, &given) {
             tracing::warn!(source, "webhook refused: bad signature");
@@ -167,6 +203,7 @@ impl<S: Source> FromRequest<Intake> for Signed<S> {
             headers: kept_headers(&headers, S::KEPT_HEADERS),
             body,
             parsed,
+            _slot: slot,
             _source: PhantomData,
         })
     }
@@ -213,6 +250,10 @@ struct Inner {
     wake: Notify,
     /// One processor at a time (worker or replay): deliveries act in order.
     turn: Mutex<()>,
+    /// Webhook requests in hand at once (F-30, `ORCH_WEBHOOK_MAX_IN_FLIGHT`).
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Webhooks shed so far.
+    shed: AtomicU64,
 }
 
 /// What `replay` did.
@@ -240,10 +281,15 @@ pub enum ReplayError {
 
 impl Intake {
     pub fn new(pipeline: Pipeline) -> Intake {
+        let in_flight = usize::try_from(pipeline.settings.webhook_max_in_flight)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         Intake(Arc::new(Inner {
             pipeline,
             wake: Notify::new(),
             turn: Mutex::new(()),
+            slots: Arc::new(tokio::sync::Semaphore::new(in_flight)),
+            shed: AtomicU64::new(0),
         }))
     }
 
