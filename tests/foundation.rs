@@ -59,26 +59,38 @@ async fn serves_health_queue_metrics_and_json_errors() {
         .unwrap();
     assert_eq!(too_big.status(), 413, "the body limit applies");
 
+    // A made-up method is counted under one label, never its own.
+    let odd = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let brewed = http
+        .request(odd, format!("{base}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(brewed.status().is_client_error(), "{}", brewed.status());
+
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(
         metrics.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain")
+            .starts_with("application/openmetrics-text")
     );
     let text = metrics.text().await.unwrap();
-    assert!(
-        text.contains(
-            r#"orchestrator_http_requests_total{route="/health",method="GET",status="200"} 1"#
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"route="unmatched",method="GET",status="404"} 1"#),
-        "{text}"
-    );
+    // The families are the process's: other tests of this binary count too.
+    for series in [
+        r#"orchestrator_http_requests_total{route="/health",method="GET",status="200"}"#,
+        r#"orchestrator_http_requests_total{route="unmatched",method="GET",status="404"}"#,
+    ] {
+        assert!(
+            support::daemon::sample(&text, series).is_some_and(|n| n >= 1.0),
+            "{series}: {text}"
+        );
+    }
     assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(!text.contains("BREW"), "{text}");
+    assert!(text.contains(r#"method="other""#), "{text}");
     running.stop().await.unwrap();
 }
 

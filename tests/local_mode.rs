@@ -13,7 +13,7 @@ mod support;
 use nix::sys::signal::Signal;
 use orchestrator::db::{Db, jobs};
 use orchestrator::domain::Stage;
-use support::daemon::{PAIRS, Pair, REPO, task, until, world_of};
+use support::daemon::{PAIRS, Pair, REPO, sample, task, until, world_of};
 use support::gitea_double::MergeFault;
 use support::pairs::kill_pid_in;
 
@@ -48,6 +48,36 @@ async fn happy_path_on_each_pair() {
                 w.log()
             );
         }
+        // What happened shows in /metrics (issue 16).
+        let m = d.metrics().await;
+        assert_eq!(
+            sample(
+                &m,
+                r#"orchestrator_stage_transitions_total{from="deploy",to="done",kind="advanced"}"#
+            ),
+            Some(1.0),
+            "{m}"
+        );
+        assert!(
+            sample(&m, r#"orchestrator_effects{state="done"}"#).is_some_and(|n| n >= 1.0),
+            "{m}"
+        );
+        assert!(
+            sample(&m, r#"orchestrator_loop_tick_seconds_count{name="worker"}"#)
+                .is_some_and(|n| n >= 1.0),
+            "{m}"
+        );
+        if pair == Pair::PlaneGitea {
+            assert!(
+                sample(
+                    &m,
+                    r#"orchestrator_webhooks_total{source="plane",outcome="accepted"}"#
+                )
+                .is_some_and(|n| n >= 1.0),
+                "{m}"
+            );
+        }
+        assert!(m.ends_with("# EOF\n"), "{m}");
         d.signal(Signal::SIGTERM);
         d.exited(30).await;
     }

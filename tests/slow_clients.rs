@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::daemon::{Daemon, World, until, world};
+use support::daemon::{Daemon, World, sample, until, world};
 use support::intake_env::PSECRET;
 
 async fn daemon_with(env: &[(&str, &str)]) -> (World, Daemon) {
@@ -107,6 +107,12 @@ async fn half_sent_requests_are_closed_within_the_header_timeout_while_health_an
     assert!(d.alive());
     let (status, _) = health(&d).await;
     assert_eq!(status, 200);
+    let m = d.metrics().await;
+    assert!(
+        sample(&m, "orchestrator_http_connections_errored_total")
+            .is_some_and(|n| n >= CONNS as f64),
+        "the timed-out connections are counted: {m}"
+    );
     d.signal(nix::sys::signal::Signal::SIGKILL);
 }
 
@@ -247,6 +253,15 @@ async fn webhooks_past_the_in_flight_cap_are_shed_with_retry_after_and_slow_bodi
         cut.as_millis()
     );
     assert!(w.log().contains("webhook shed (503)"), "{}", w.log());
+    let m = d.metrics().await;
+    for (outcome, at_least) in [("shed", 1.0), ("timeout", 2.0), ("ignored", 2.0)] {
+        let series =
+            format!(r#"orchestrator_webhooks_total{{source="plane",outcome="{outcome}"}}"#);
+        assert!(
+            sample(&m, &series).is_some_and(|n| n >= at_least),
+            "{series} below {at_least}: {m}"
+        );
+    }
     d.signal(nix::sys::signal::Signal::SIGKILL);
 }
 

@@ -253,8 +253,9 @@ async fn record_usage(rt: &Runtime, job: &JobRow, run_id: i64) {
         tracing::warn!(job = job.id, "usage: {w}");
     }
     let row = parsed.usage.to_row();
-    if let Err(e) = runs::record_usage(rt.db.writer(), run_id, &row).await {
-        tracing::warn!(job = job.id, error = %e, "usage not recorded");
+    match runs::record_usage(rt.db.writer(), run_id, &row).await {
+        Ok(()) => row.count(),
+        Err(e) => tracing::warn!(job = job.id, error = %e, "usage not recorded"),
     }
 }
 

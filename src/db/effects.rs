@@ -243,3 +243,12 @@ pub async fn snapshot<'e>(
     .await?;
     Ok(s.map(|s| (s.task, s.intent_to)))
 }
+
+/// Effects by journal state, for `/metrics`.
+pub async fn count_by_state<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT state, COUNT(*) FROM effects GROUP BY state ORDER BY state")
+        .fetch_all(ex)
+        .await
+}

@@ -108,6 +108,19 @@ pub struct UsageRow {
     pub error: Option<String>,
 }
 
+impl UsageRow {
+    /// In `/metrics`, once the row is stored.
+    pub fn count(&self) {
+        crate::telemetry::metrics::families().usage(
+            self.input,
+            self.output,
+            self.cache_read,
+            self.cache_creation,
+            self.cost_usd,
+        );
+    }
+}
+
 pub async fn record_usage<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     id: i64,
@@ -163,6 +176,7 @@ pub async fn record_effect_run(
     record_exit(&mut *tx, run_id, exit_code, finished_at).await?;
     record_usage(&mut *tx, run_id, usage).await?;
     tx.commit().await?;
+    usage.count();
     Ok(run_id)
 }
 

@@ -1,10 +1,18 @@
-//! `GET /metrics`: Prometheus text. HTTP requests by route and status (a
-//! middleware counts them), process figures from /proc, tasks by stage.
+//! `GET /metrics`: OpenMetrics text through `prometheus-client`. The
+//! families counted where things happen (`telemetry::metrics`: requests —
+//! a middleware here counts them —, webhooks, stage transitions, lost CAS,
+//! busy leases, agent tokens and cost, loop ticks), then figures read at
+//! scrape time: the process from /proc, the accept loop, tasks by stage,
+//! jobs by status, effects by state, and the status blocks' own gauges.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
@@ -12,36 +20,25 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
+use crate::telemetry::metrics::{RequestLabels, families};
 
 #[derive(Debug)]
 pub struct Metrics {
     started: Instant,
-    /// (route, method, status) -> count
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     /// The accept loop's figures (F-30).
-    pub conns: std::sync::Arc<super::server::ConnStats>,
+    pub conns: Arc<super::server::ConnStats>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
             started: Instant::now(),
-            requests: Mutex::default(),
             conns: Default::default(),
         }
     }
 }
 
-impl Metrics {
-    pub fn record(&self, route: &str, method: &str, status: u16) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route.to_string(), method.to_string(), status))
-                .or_default() += 1;
-        }
-    }
-}
-
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn track(req: Request, next: Next) -> Response {
     // Unmatched paths share one label so a scanner cannot grow the map.
     let route = req
         .extensions()
@@ -50,19 +47,24 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .unwrap_or_else(|| "unmatched".to_string());
     // Likewise methods: the standard ones by name, anything else as one.
     let method = match *req.method() {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::DELETE
-        | Method::HEAD
-        | Method::OPTIONS
-        | Method::PATCH => req.method().as_str().to_string(),
-        _ => "other".to_string(),
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
     };
     let resp = next.run(req).await;
-    state
-        .metrics
-        .record(&route, &method, resp.status().as_u16());
+    families()
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
     resp
 }
 
@@ -107,119 +109,128 @@ fn process_figures() -> (Option<u64>, Option<f64>, Option<usize>, Option<u64>) {
 }
 
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP orchestrator_http_requests_total HTTP requests by route, method and status."
-    );
-    let _ = writeln!(out, "# TYPE orchestrator_http_requests_total counter");
-    if let Ok(m) = state.metrics.requests.lock() {
-        for ((route, method, status), n) in m.iter() {
-            let _ = writeln!(
-                out,
-                "orchestrator_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                escape(route),
-                escape(method)
-            );
-        }
-    }
+    let mut now = Registry::default();
     let (rss, cpu, fds, threads) = process_figures();
-    let mut gauge = |name: &str, help: &str, kind: &str, v: Option<String>| {
+    let gauge = |now: &mut Registry, name: &str, help: &str, v: Option<i64>| {
         if let Some(v) = v {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+            let g: Gauge = Gauge::default();
+            g.set(v);
+            now.register(name, help, g);
         }
     };
     gauge(
+        &mut now,
         "process_resident_memory_bytes",
-        "Resident memory size in bytes.",
-        "gauge",
-        rss.map(|v| v.to_string()),
+        "Resident memory size in bytes",
+        rss.map(|v| v as i64),
     );
-    gauge(
-        "process_cpu_seconds_total",
-        "User and system CPU time in seconds.",
-        "counter",
-        cpu.map(|v| format!("{v:.2}")),
-    );
-    gauge(
-        "process_open_fds",
-        "Open file descriptors.",
-        "gauge",
-        fds.map(|v| v.to_string()),
-    );
-    gauge(
-        "process_threads",
-        "OS threads.",
-        "gauge",
-        threads.map(|v| v.to_string()),
-    );
-    gauge(
-        "orchestrator_uptime_seconds",
-        "Seconds since the daemon started.",
-        "gauge",
-        Some(format!(
-            "{:.1}",
-            state.metrics.started.elapsed().as_secs_f64()
-        )),
-    );
-    let conns = &state.metrics.conns;
-    let load = |a: &std::sync::atomic::AtomicU64| {
-        Some(a.load(std::sync::atomic::Ordering::Relaxed).to_string())
-    };
-    gauge(
-        "orchestrator_http_connections_open",
-        "HTTP connections open now.",
-        "gauge",
-        load(&conns.open),
-    );
-    gauge(
-        "orchestrator_http_connections_accepted_total",
-        "HTTP connections accepted.",
-        "counter",
-        load(&conns.accepted),
-    );
-    gauge(
-        "orchestrator_http_connections_refused_total",
-        "HTTP connections refused with 503 because ORCH_HTTP_MAX_CONNECTIONS were open.",
-        "counter",
-        load(&conns.refused),
-    );
-    gauge(
-        "orchestrator_http_connections_errored_total",
-        "HTTP connections closed on an error (header timeout, malformed request, reset).",
-        "counter",
-        load(&conns.errored),
-    );
-    let stages = crate::db::tasks::count_by_stage(state.db.reader()).await?;
-    let _ = writeln!(
-        out,
-        "# HELP orchestrator_tasks Tasks by stage.\n# TYPE orchestrator_tasks gauge"
-    );
-    for (stage, n) in stages {
-        let _ = writeln!(out, "orchestrator_tasks{{stage=\"{stage}\"}} {n}");
-    }
-    let jobs = crate::db::jobs::count_by_status(state.db.reader()).await?;
-    let _ = writeln!(
-        out,
-        "# HELP orchestrator_jobs Jobs by status.\n# TYPE orchestrator_jobs gauge"
-    );
-    for (status, n) in jobs {
-        let _ = writeln!(
-            out,
-            "orchestrator_jobs{{status=\"{}\"}} {n}",
-            escape(&status)
+    if let Some(cpu) = cpu {
+        let c: Counter<f64, AtomicU64> = Counter::default();
+        c.inc_by(cpu);
+        now.register(
+            "process_cpu_seconds",
+            "User and system CPU time in seconds",
+            c,
         );
     }
+    gauge(
+        &mut now,
+        "process_open_fds",
+        "Open file descriptors",
+        fds.map(|v| v as i64),
+    );
+    gauge(
+        &mut now,
+        "process_threads",
+        "OS threads",
+        threads.map(|v| v as i64),
+    );
+    let up: Gauge<f64, AtomicU64> = Gauge::default();
+    up.set(state.metrics.started.elapsed().as_secs_f64());
+    now.register(
+        "orchestrator_uptime_seconds",
+        "Seconds since the daemon started",
+        up,
+    );
+    let conns = &state.metrics.conns;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    gauge(
+        &mut now,
+        "orchestrator_http_connections_open",
+        "HTTP connections open now",
+        Some(load(&conns.open) as i64),
+    );
+    for (name, help, v) in [
+        (
+            "orchestrator_http_connections_accepted",
+            "HTTP connections accepted",
+            &conns.accepted,
+        ),
+        (
+            "orchestrator_http_connections_refused",
+            "HTTP connections refused with 503 because ORCH_HTTP_MAX_CONNECTIONS were open",
+            &conns.refused,
+        ),
+        (
+            "orchestrator_http_connections_errored",
+            "HTTP connections closed on an error (header timeout, malformed request, reset)",
+            &conns.errored,
+        ),
+    ] {
+        let c: Counter = Counter::default();
+        c.inc_by(load(v));
+        now.register(name, help, c);
+    }
+    let by = |now: &mut Registry, name: &str, help: &str, label: &str, rows: Vec<(String, i64)>| {
+        let f: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for (value, n) in rows {
+            f.get_or_create(&vec![(label.to_string(), value)]).set(n);
+        }
+        now.register(name, help, f);
+    };
+    let reader = state.db.reader();
+    let stages = crate::db::tasks::count_by_stage(reader)
+        .await?
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect();
+    by(
+        &mut now,
+        "orchestrator_tasks",
+        "Tasks by stage",
+        "stage",
+        stages,
+    );
+    let jobs = crate::db::jobs::count_by_status(reader).await?;
+    by(
+        &mut now,
+        "orchestrator_jobs",
+        "Jobs by status",
+        "status",
+        jobs,
+    );
+    let effects = crate::db::effects::count_by_state(reader).await?;
+    by(
+        &mut now,
+        "orchestrator_effects",
+        "Irreversible effects by journal state",
+        "state",
+        effects,
+    );
+    let mut out = String::new();
+    let encode = |out: &mut String, r: &Registry| {
+        prometheus_client::encoding::text::encode_registry(out, r).map_err(ApiError::internal)
+    };
+    encode(&mut out, families().registry())?;
+    encode(&mut out, &now)?;
     for block in state.blocks.iter() {
         out.push_str(&block.prometheus().await);
     }
+    prometheus_client::encoding::text::encode_eof(&mut out).map_err(ApiError::internal)?;
     Ok((
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         out,
     )

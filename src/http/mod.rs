@@ -96,10 +96,7 @@ pub fn router_with_intake(state: AppState, intake: Option<Intake>) -> Router {
     }
     routes
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(RequestBodyLimitLayer::new(limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -132,6 +132,25 @@ impl<S: Source> FromRequest<Intake> for Signed<S> {
     type Rejection = Response;
 
     async fn from_request(req: Request, intake: &Intake) -> Result<Self, Response> {
+        let out = Self::check(req, intake).await;
+        if let Err(r) = &out {
+            let outcome = match r.status().as_u16() {
+                401 => "unauthorized",
+                400 => "bad_request",
+                408 => "timeout",
+                413 => "too_large",
+                503 => "shed",
+                _ => "refused",
+            };
+            crate::telemetry::metrics::families().webhook(S::NAME, outcome);
+        }
+        out
+    }
+}
+
+impl<S: Source> Signed<S> {
+    /// Who sent it, then a slot, then the body, its signature and shape.
+    async fn check(req: Request, intake: &Intake) -> Result<Self, Response> {
         let headers = req.headers().clone();
         let source = S::NAME;
         let settings = &intake.0.pipeline.settings;
@@ -510,10 +529,20 @@ pub async fn webhook<S: Source>(
     State(intake): State<Intake>,
     d: Signed<S>,
 ) -> Result<Json<Value>, ApiError> {
+    let f = crate::telemetry::metrics::families();
     let status = intake.accept(&d).await.map_err(|e| {
         tracing::error!(source = S::NAME, error = %e, "cannot store a webhook delivery");
+        f.webhook(S::NAME, "unavailable");
         ApiError::Unavailable("cannot store the delivery".into())
     })?;
+    f.webhook(
+        S::NAME,
+        match status {
+            Accepted::Accepted => "accepted",
+            Accepted::Ignored => "ignored",
+            Accepted::Duplicate => "duplicate",
+        },
+    );
     Ok(Json(json!({ "status": status, "delivery": d.delivery_id })))
 }
 

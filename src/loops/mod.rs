@@ -20,6 +20,9 @@ use std::time::Duration;
 use crate::agents::runtime::Runtime;
 use crate::http::StatusBlock;
 use crate::shutdown::Supervisor;
+// Tick durations in `/metrics`; the long-polling Telegram loop is not timed
+// (its tick is mostly waiting).
+use crate::telemetry::metrics::families as ticks;
 
 /// Recover the jobs of an older boot, then start the worker, the reaper
 /// and the reconciler (each with its switch). Returns their `/queue` blocks.
@@ -57,7 +60,7 @@ pub async fn start(
                     return Ok(());
                 }
             }
-            worker::tick(&w).await.map(|_| ())
+            ticks().tick("worker", worker::tick(&w)).await.map(|_| ())
         }
     });
     if s.reaper_enabled {
@@ -69,7 +72,7 @@ pub async fn start(
             Duration::from_secs(s.reaper_interval_s),
             move || {
                 let (r, stats) = (r.clone(), stats.clone());
-                async move { reaper::tick(&r, &stats).await }
+                async move { ticks().tick("reaper", reaper::tick(&r, &stats)).await }
             },
         );
     }
@@ -82,7 +85,11 @@ pub async fn start(
             Duration::from_secs(s.reconciler_interval_s),
             move || {
                 let (r, stats) = (r.clone(), stats.clone());
-                async move { reconciler::tick(&r, &stats).await }
+                async move {
+                    ticks()
+                        .tick("reconciler", reconciler::tick(&r, &stats))
+                        .await
+                }
             },
         );
     }
@@ -95,7 +102,11 @@ pub async fn start(
         Duration::from_secs(s.post_deploy_tick_s),
         move || {
             let (p, stats) = (p.clone(), stats.clone());
-            async move { post_deploy::tick(&p, &stats).await }
+            async move {
+                ticks()
+                    .tick("post_deploy", post_deploy::tick(&p, &stats))
+                    .await
+            }
         },
     );
     start_ops(rt, supervisor, &mut blocks);
@@ -114,7 +125,7 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
             Duration::from_millis(s.ops.telegram_card_interval_ms),
             move || {
                 let cards = cards.clone();
-                async move { cards.tick().await }
+                async move { ticks().tick("telegram_cards", cards.tick()).await }
             },
         );
     }
@@ -153,7 +164,7 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
             Duration::from_secs(s.ops.disk_watchdog_interval_s),
             move || {
                 let w = watchdog.clone();
-                async move { w.tick().await }
+                async move { ticks().tick("disk_watchdog", w.tick()).await }
             },
         );
     }
@@ -170,7 +181,7 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
             Duration::from_secs(s.ops.build_cache_prune_interval_s),
             move || {
                 let p = pruner.clone();
-                async move { p.tick().await }
+                async move { ticks().tick("build_cache_pruner", p.tick()).await }
             },
         );
     }

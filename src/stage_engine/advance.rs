@@ -60,6 +60,7 @@ impl Engine {
                 .transition_in_one_statement(&snap, target, actor, &reason)
                 .await?
         {
+            super::count(&out);
             return Ok(out);
         }
         let out = self.transition(&snap, target, actor, &reason).await?;

@@ -199,6 +199,27 @@ impl Hooks for NoHooks {}
 
 /// The key effects of one transition are journaled under. A second pass of
 /// the same arrow after a rollback has a new version, so fresh keys.
+/// An outcome in `/metrics` (issue 16).
+fn count(out: &Outcome) {
+    let f = crate::telemetry::metrics::families();
+    match out {
+        Outcome::Advanced { from, to, .. } => f.transition(from.as_str(), to.as_str(), "advanced"),
+        Outcome::RolledBack { from, to, .. } => {
+            f.transition(from.as_str(), to.as_str(), "rolled_back")
+        }
+        Outcome::Cancelled { from, .. } => {
+            f.transition(from.as_str(), Stage::Cancelled.as_str(), "cancelled")
+        }
+        Outcome::LostRace => {
+            f.lost_cas.inc();
+        }
+        Outcome::LeaseBusy { .. } => {
+            f.busy_leases.inc();
+        }
+        _ => {}
+    }
+}
+
 pub fn transition_key(task_id: i64, from: Stage, to: Stage, version: i64) -> String {
     format!("task:{task_id}/{from}->{to}@v{version}")
 }
@@ -362,6 +383,20 @@ impl Engine {
     /// Move `snap` to `target` under the lease. The target may be replaced
     /// under the lease by a requested cancel or a journaled intent.
     pub async fn transition(
+        &self,
+        snap: &TaskRow,
+        target: Stage,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Outcome, EngineError> {
+        let out = self.transition_once(snap, target, actor, reason).await;
+        if let Ok(out) = &out {
+            count(out);
+        }
+        out
+    }
+
+    async fn transition_once(
         &self,
         snap: &TaskRow,
         target: Stage,

@@ -147,6 +147,16 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn queue(&self) -> serde_json::Value {
         reqwest::get(self.url("/queue"))
             .await
@@ -354,4 +364,12 @@ pub async fn seed_task(db: &Db, seq: i64, item: &str, stage: Stage) -> TaskRow {
         .await
         .unwrap();
     tasks::get(db.reader(), id).await.unwrap().unwrap()
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed)
+/// in a `/metrics` text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -16,3 +16,4 @@ pub fn init(format: LogFormat, filter: &str) {
         LogFormat::Text => builder.try_init(),
     };
 }
+pub mod metrics;
