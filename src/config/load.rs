@@ -58,19 +58,50 @@ impl Provider for EnvProvider<'_> {
                 };
                 cur = d;
             }
-            // Lenient parse like figment's own Env: "8080" is a number,
-            // "true" a bool, anything else a string. A secret is a string
-            // whatever it looks like (`ORCH_ADMIN_TOKEN=0123` keeps its 0).
+            // A secret is a string whatever it looks like
+            // (`ORCH_ADMIN_TOKEN=0123` keeps its 0).
             let value = if super::SECRET_ENV_KEYS.contains(&k.as_str()) {
                 Value::from(v.clone())
             } else {
-                v.parse::<Value>()
-                    .unwrap_or_else(|_| Value::from(v.clone()))
+                scalar(v)
             };
             cur.insert(leaf, value);
         }
         Ok(Profile::Default.collect(dict))
     }
+}
+
+/// Lenient scalar parse of an environment value: "8080" is a number,
+/// "true" a bool, anything else the string as written. Not figment's
+/// `Value::from_str`: that one reads quotes, arrays and escapes, and panics on
+/// some escapes next to multibyte characters (found by
+/// tests/parsers_proptest.rs), so a stray byte in the environment would abort
+/// start-up instead of naming the key. No setting takes a list from the
+/// environment; lists there are comma-separated strings.
+fn scalar(v: &str) -> Value {
+    let t = v.trim();
+    match t {
+        "true" => return Value::from(true),
+        "false" => return Value::from(false),
+        _ => {}
+    }
+    if let Ok(n) = t.parse::<i64>() {
+        return Value::from(n);
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Value::from(n);
+    }
+    if t.bytes().any(|b| b.is_ascii_digit())
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+    {
+        if let Ok(f) = t.parse::<f64>() {
+            if f.is_finite() {
+                return Value::from(f);
+            }
+        }
+    }
+    Value::from(v.to_string())
 }
 
 pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {

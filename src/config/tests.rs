@@ -342,3 +342,20 @@ fn a_remote_adapter_without_its_base_url_is_an_error() {
     let f = toml_file("[[projects]]\nname = \"a\"\nrepo_url = \"/r\"\ntracker = \"jira\"\n");
     assert!(Settings::load_with(Some(f.path()), &env(&[])).is_err());
 }
+
+#[test]
+fn an_environment_value_with_escapes_and_multibyte_characters_is_a_plain_string() {
+    // figment's own value parser panicked on this (tests/parsers_proptest.rs).
+    let (s, r) = Settings::load(&env(&[
+        ("ORCH_LOG_LEVEL", "$\u{1EE4F}.\\\u{2BBF}"),
+        ("ORCH_AGENT_COMMAND", "echo \"a\\tb\" [x]"),
+        ("ORCH_MAX_CONCURRENT_JOBS", "3"),
+    ]))
+    .expect("loads");
+    assert_eq!(s.agent_command, "echo \"a\\tb\" [x]");
+    assert_eq!(s.max_concurrent_jobs, 3);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("ORCH_LOG_LEVEL")),
+        "{r:?}"
+    );
+}

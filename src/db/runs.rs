@@ -98,6 +98,7 @@ pub async fn record_exit<'e>(
     Ok(r.rows_affected() == 1)
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct UsageRow {
     pub input: i64,
     pub output: i64,
