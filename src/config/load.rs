@@ -91,15 +91,14 @@ fn scalar(v: &str) -> Value {
     if let Ok(n) = t.parse::<u64>() {
         return Value::from(n);
     }
-    if t.bytes().any(|b| b.is_ascii_digit())
+    let numeric = t.bytes().any(|b| b.is_ascii_digit())
         && t.bytes()
-            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
+    if let Ok(f) = t.parse::<f64>()
+        && numeric
+        && f.is_finite()
     {
-        if let Ok(f) = t.parse::<f64>() {
-            if f.is_finite() {
-                return Value::from(f);
-            }
-        }
+        return Value::from(f);
     }
     Value::from(v.to_string())
 }

@@ -47,6 +47,8 @@ pub struct CardStats {
     rate_limited: AtomicU64,
     errors: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
+    /// Since the last card that went through, every update failed.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -197,7 +199,12 @@ impl Cards {
             }
         };
         match result {
-            Ok(s) => Ok(s),
+            Ok(s) => {
+                if self.stats.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(task_id, "cards reach Telegram again");
+                }
+                Ok(s)
+            }
             Err(TgError::RetryAfter(d)) => {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
@@ -210,10 +217,17 @@ impl Cards {
             Err(e) => {
                 let msg = e.to_string();
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                // A Telegram that is down fails every card on every tick:
+                // the first failure of a kind is a warning, its repeats
+                // are counted (`errors`) and logged at debug.
                 if let Ok(mut last) = self.stats.last_error.lock() {
                     *last = Some(msg.clone());
                 }
-                tracing::warn!(task_id, error = %msg, "card not updated; retried on the next update");
+                if self.stats.failing.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(task_id, error = %msg, "card not updated; retried on the next update");
+                } else {
+                    tracing::warn!(task_id, error = %msg, "card not updated; retried on the next update");
+                }
                 telegram::record_error(self.db.writer(), task_id, &msg).await?;
                 Ok(Synced::Failed(msg))
             }

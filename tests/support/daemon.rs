@@ -15,6 +15,11 @@ use super::intake_env::{GSECRET, PSECRET};
 use super::plane_double::PlaneDouble;
 
 pub const REPO: &str = "team/demo";
+/// The credentials of a world: distinct enough that a log or a database
+/// that repeats one is found by a plain search (tests/secrets_in_logs.rs).
+pub const PLANE_KEY: &str = "plane-api-key-never-logged";
+pub const GITEA_TOKEN: &str = "gitea-token-never-logged";
+pub const ADMIN_TOKEN: &str = "admin-secret";
 
 /// Which tracker and forge the daemon of a world uses (B-10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +52,9 @@ pub async fn world(project_extra: &str, extra_env: &[(&str, &str)]) -> World {
 /// [`world`] with the daemon on the adapter `pair`.
 pub async fn world_of(pair: Pair, project_extra: &str, extra_env: &[(&str, &str)]) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let plane = PlaneDouble::start("acme", "key").await;
+    let plane = PlaneDouble::start("acme", PLANE_KEY).await;
     let pid = plane.add_project("DEMO");
-    let gitea = GiteaDouble::start(dir.path(), "tok").await;
+    let gitea = GiteaDouble::start(dir.path(), GITEA_TOKEN).await;
     let bare = gitea.create_repo(REPO);
     let config = dir.path().join("orchestrator.toml");
     let adapters = match pair {
@@ -71,12 +76,12 @@ pub async fn world_of(pair: Pair, project_extra: &str, extra_env: &[(&str, &str)
         ("ORCH_DATABASE_URL", format!("sqlite://{}", d("o.db"))),
         ("ORCH_WORKSPACE_ROOT", d("ws")),
         ("ORCH_PLANE_BASE_URL", plane.base_url()),
-        ("ORCH_PLANE_API_KEY", "key".into()),
+        ("ORCH_PLANE_API_KEY", PLANE_KEY.into()),
         ("ORCH_PLANE_WEBHOOK_SECRET", PSECRET.into()),
         ("ORCH_GITEA_BASE_URL", gitea.base_url()),
-        ("ORCH_GITEA_TOKEN", "tok".into()),
+        ("ORCH_GITEA_TOKEN", GITEA_TOKEN.into()),
         ("ORCH_GITEA_WEBHOOK_SECRET", GSECRET.into()),
-        ("ORCH_ADMIN_TOKEN", "admin-secret".into()),
+        ("ORCH_ADMIN_TOKEN", ADMIN_TOKEN.into()),
         // No worker agent runs here (the monitor's window is short); the
         // production deploy without a deploy_command is the agent's.
         (

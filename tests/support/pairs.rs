@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::daemon::{Daemon, Pair, REPO, World};
 
-pub const ADMIN: &str = "admin-secret";
+pub const ADMIN: &str = super::daemon::ADMIN_TOKEN;
 
 /// `POST`/`GET` a daemon route with the admin token; (status, JSON body).
 pub async fn admin(
