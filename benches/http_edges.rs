@@ -15,116 +15,15 @@
 //!
 //! Prints requests per second, p50/p99 latency, and the ratio to hello.
 
-use std::net::SocketAddr;
+#[path = "support/load.rs"]
+mod load;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use orchestrator::config::{EnvVars, Settings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// One answer on a keep-alive connection: read the head, then as many body
-/// bytes as it says. `buf` carries what was read past the answer.
-async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end])
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            let status = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            let total = end + 4 + len;
-            while buf.len() < total {
-                let n = s.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.drain(..total);
-            return Ok(status);
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-struct Figures {
-    per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-fn load(addr: SocketAddr, path: &str, secs: f64, conns: usize) -> Figures {
-    let rt = runtime();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
-    rt.block_on(async move {
-        let start = Instant::now();
-        let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(AtomicU64::new(0));
-        let mut handles = Vec::new();
-        for _ in 0..conns {
-            let (stop, errors, request) = (stop.clone(), errors.clone(), request.clone());
-            handles.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(100_000);
-                let mut s = TcpStream::connect(addr).await.unwrap();
-                s.set_nodelay(true).unwrap();
-                let mut buf = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let ok = s.write_all(&request).await.is_ok()
-                        && matches!(read_answer(&mut s, &mut buf).await, Ok(200));
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        s = TcpStream::connect(addr).await.unwrap();
-                        buf.clear();
-                        continue;
-                    }
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-        stop.store(true, Ordering::Relaxed);
-        let elapsed = start.elapsed().as_secs_f64();
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(h.await.unwrap());
-        }
-        all.sort();
-        let n = all.len();
-        let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-        Figures {
-            per_s: n as f64 / elapsed,
-            p50_ms: q(0.50).as_secs_f64() * 1e3,
-            p99_ms: q(0.99).as_secs_f64() * 1e3,
-            errors: errors.load(Ordering::Relaxed),
-        }
-    })
-}
+use load::{Figures, daemon_settings, get, load_with, plane_webhook, runtime};
+use tokio::net::TcpListener;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -146,25 +45,7 @@ fn main() {
 
     // The daemon.
     let dir = tempfile::tempdir().unwrap();
-    let d = |p: &str| dir.path().join(p).display().to_string();
-    let settings = Settings::load(&EnvVars::from_pairs([
-        (
-            "ORCH_DATABASE_URL".to_string(),
-            format!("sqlite://{}", d("o.db")),
-        ),
-        ("ORCH_BIND".to_string(), "127.0.0.1:0".to_string()),
-        ("ORCH_WORKSPACE_ROOT".to_string(), d("ws")),
-        ("ORCH_AGENT_SANDBOX".to_string(), "off".to_string()),
-        ("ORCH_LOG_LEVEL".to_string(), "warn".to_string()),
-        (
-            "ORCH_WORKER_POLL_INTERVAL_MS".to_string(),
-            "3600000".to_string(),
-        ),
-        ("ORCH_REAPER_ENABLED".to_string(), "false".to_string()),
-        ("ORCH_RECONCILER_ENABLED".to_string(), "false".to_string()),
-    ]))
-    .expect("bench settings")
-    .0;
+    let settings = daemon_settings(dir.path(), &[("ORCH_PLANE_WEBHOOK_SECRET", WEBHOOK_SECRET)]);
     let daemon_rt = runtime();
     let (daemon, running) = daemon_rt.block_on(async {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -173,8 +54,27 @@ fn main() {
     });
 
     println!("http edges: {secs} s per case, {conns} keep-alive connections");
-    let h = load(hello, "/hello", secs, conns);
-    let g = load(daemon, "/health", secs, conns);
+    let h = load_with(hello, secs, conns, 0.0, get("/hello"));
+    let g = load_with(daemon, secs, conns, 0.0, get("/health"));
+
+    // Durable ingest at INGEST_CLIENTS: raw single transactions against
+    // the daemon's whole webhook path (signature, parse, group commit).
+    let raw = raw_ingest(&dir.path().join("raw.db"), secs, INGEST_CLIENTS);
+    let ingest = load_with(
+        daemon,
+        secs,
+        INGEST_CLIENTS,
+        0.0,
+        plane_webhook(WEBHOOK_SECRET),
+    );
+    let stored = daemon_rt.block_on(async {
+        let db = orchestrator::db::Db::open(&dir.path().join("o.db"))
+            .await
+            .unwrap();
+        orchestrator::db::deliveries::count(db.reader())
+            .await
+            .unwrap()
+    });
     let ratio = g.per_s / h.per_s;
     for (name, f, r) in [("axum hello", &h, 1.0), ("daemon /health", &g, ratio)] {
         println!(
@@ -191,5 +91,117 @@ fn main() {
             f.per_s, f.p50_ms, f.p99_ms
         );
     }
+    let iratio = ingest.per_s / raw.per_s;
+    println!();
+    println!(
+        "durable ingest, {INGEST_CLIENTS} clients (synchronous=FULL, WAL; {stored} deliveries stored by the daemon):"
+    );
+    println!("| case | per second | p50 ms | p99 ms | errors | ratio to raw |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, f, r) in [
+        ("raw rusqlite, one transaction per delivery", &raw, 1.0),
+        (
+            "daemon POST /webhooks/plane (group commit)",
+            &ingest,
+            iratio,
+        ),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {} | {r:.2} |",
+            f.per_s, f.p50_ms, f.p99_ms, f.errors
+        );
+    }
+    let intake = runtime().block_on(async {
+        let q: serde_json::Value = reqwest::get(format!("http://{daemon}/queue"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        q["intake"].clone()
+    });
+    println!("(the daemon's intake block: {intake})");
     daemon_rt.block_on(async { running.stop().await.ok() });
+}
+
+const INGEST_CLIENTS: usize = 16;
+const WEBHOOK_SECRET: &str = "bench-webhook-secret";
+
+/// The baseline: `clients` threads, each storing deliveries through its own
+/// rusqlite connection, one IMMEDIATE transaction per delivery with the
+/// same dedup reads and insert as the daemon, WAL and synchronous=FULL, on
+/// a database made by the daemon's migrations.
+fn raw_ingest(path: &std::path::Path, secs: f64, clients: usize) -> Figures {
+    runtime().block_on(async {
+        orchestrator::db::Db::open(path)
+            .await
+            .unwrap()
+            .close()
+            .await;
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let (stop, path) = (stop.clone(), path.to_path_buf());
+            std::thread::spawn(move || {
+                let mut c = rusqlite::Connection::open(&path).unwrap();
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                c.pragma_update(None, "journal_mode", "WAL").unwrap();
+                c.pragma_update(None, "synchronous", "FULL").unwrap();
+                let body = plane_webhook(WEBHOOK_SECRET)(0);
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let id = format!("raw-{t}-{i}");
+                    let key = format!("issue=x|field=priority|new=high|at={t}.{i}");
+                    let t0 = Instant::now();
+                    let tx = c
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .unwrap();
+                    let seen: Option<i64> = tx
+                        .query_row(
+                            "SELECT id FROM webhook_deliveries WHERE source = ? AND delivery_id = ?",
+                            rusqlite::params!["plane", id],
+                            |r| r.get(0),
+                        )
+                        .ok();
+                    let dup: Option<i64> = tx
+                        .query_row(
+                            "SELECT id FROM webhook_deliveries WHERE source = ? AND content_key = ?",
+                            rusqlite::params!["plane", key],
+                            |r| r.get(0),
+                        )
+                        .ok();
+                    assert!(seen.is_none() && dup.is_none());
+                    tx.execute(
+                        "INSERT INTO webhook_deliveries
+                             (source, delivery_id, event, content_key, headers, body, received_at, processed_at, outcome)
+                         VALUES ('plane', ?, 'issue', ?, '{}', ?, 1, 1, 'ignored')",
+                        rusqlite::params![id, key, body],
+                    )
+                    .unwrap();
+                    tx.commit().unwrap();
+                    lat.push(t0.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut all: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort();
+    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Figures {
+        per_s: all.len() as f64 / elapsed,
+        p50_ms: q(0.50).as_secs_f64() * 1e3,
+        p99_ms: q(0.99).as_secs_f64() * 1e3,
+        errors: 0,
+    }
 }

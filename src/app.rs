@@ -280,6 +280,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> anyhow::Result<
     }
     let mut blocks = crate::loops::start(&rt, &mut supervisor).await?;
     blocks.push(alerts);
+    blocks.push(intake.status_block());
     if let Some(outbox) = outbox {
         blocks.push(outbox);
     }

@@ -322,3 +322,59 @@ async fn migrations_apply_to_empty_and_to_populated_databases() {
         db.close().await;
     }
 }
+
+#[tokio::test]
+async fn the_queue_pages_its_task_list_and_counts_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &[]).await;
+    let db = Db::open(&support::db_path(dir.path())).await.unwrap();
+    for seq in 1..=7 {
+        let stage = if seq % 2 == 0 {
+            orchestrator::domain::Stage::Analysis
+        } else {
+            orchestrator::domain::Stage::Development
+        };
+        support::daemon::seed_task(&db, seq, &format!("item-{seq}"), stage).await;
+    }
+    let http = reqwest::Client::new();
+    let get = |q: String| {
+        let (http, url) = (http.clone(), format!("http://{}/queue{q}", running.addr));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let (code, q) = get(format!("?limit=3{cursor}")).await;
+        assert_eq!(code, 200, "{q}");
+        pages += 1;
+        assert_eq!(q["tasks_total"], 7, "{q}");
+        assert_eq!(q["tasks_by_stage"]["analysis"], 3, "{q}");
+        assert_eq!(q["tasks_by_stage"]["development"], 4, "{q}");
+        let page = q["tasks"].as_array().unwrap();
+        assert!(page.len() <= 3, "{q}");
+        seen.extend(
+            page.iter()
+                .map(|t| t["work_item"].as_str().unwrap().to_string()),
+        );
+        match q["next"].as_i64() {
+            Some(n) => cursor = format!("&after={n}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = (1..=7).map(|s| format!("DEMO-{s}")).collect();
+    assert_eq!(seen, want, "each task once, in order");
+    // The default page holds them all; a bad page is the client's error.
+    let (_, q) = get(String::new()).await;
+    assert_eq!(q["tasks"].as_array().unwrap().len(), 7);
+    assert!(q["next"].is_null(), "{q}");
+    for bad in ["?limit=0", "?limit=100000", "?after=abc", "?limit=-1"] {
+        let (code, q) = get(bad.to_string()).await;
+        assert_eq!(code, 400, "{bad}: {q}");
+    }
+}

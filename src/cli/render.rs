@@ -80,6 +80,14 @@ pub fn queue(v: &Value) -> String {
     } else {
         table(&["WORK ITEM", "STAGE", "PROJECT", "TITLE", "HOLD"], &rows)
     };
+    if let Some(total) = v.get("tasks_total").and_then(Value::as_i64)
+        && total > rows.len() as i64
+    {
+        out.push_str(&format!(
+            "showing {} of {total} tasks (GET /queue?after=<next> pages on)\n",
+            rows.len()
+        ));
+    }
     if let Some(by) = v.pointer("/jobs/by_status").and_then(Value::as_object)
         && !by.is_empty()
     {

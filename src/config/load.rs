@@ -423,6 +423,8 @@ impl<'a> Fields<'a> {
             reaper_enabled: self.or_default("reaper_enabled", d.reaper_enabled),
             reconciler_enabled: self.or_default("reconciler_enabled", d.reconciler_enabled),
             alert_dedup_window_s: self.or_default("alert_dedup_window_s", d.alert_dedup_window_s),
+            retention_days: self.or_default("retention_days", d.retention_days),
+            retention_interval_s: self.positive("retention_interval_s", d.retention_interval_s),
             plane,
             prices,
             projects,

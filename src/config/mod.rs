@@ -389,6 +389,11 @@ pub struct Settings {
     /// Repeats of one alert (kind, work item, key) within this window are
     /// counted, not sent; 0 = no dedup (F-27).
     pub alert_dedup_window_s: u64,
+    /// Processed webhook deliveries and Telegram updates, sent outbox rows,
+    /// quiet alert dedup rows and finished runs' files older than this are
+    /// trimmed; 0 = keep everything (issue 16).
+    pub retention_days: u64,
+    pub retention_interval_s: u64,
 
     pub plane: PlaneTable,
     /// Per-model prices (USD per million tokens) for output that reports no
@@ -466,6 +471,8 @@ impl Default for Settings {
             reaper_enabled: true,
             reconciler_enabled: true,
             alert_dedup_window_s: 3600,
+            retention_days: 30,
+            retention_interval_s: 3600,
             plane: PlaneTable::default(),
             prices: PriceTable::default(),
             projects: Vec::new(),

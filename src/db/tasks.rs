@@ -136,8 +136,42 @@ pub async fn for_queue<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     recent_ms: i64,
 ) -> Result<Vec<TaskRow>, sqlx::Error> {
+    queue_page(ex, recent_ms, 0, i64::MAX).await
+}
+
+/// `/queue`'s view: live tasks and those finished within `recent_ms`.
+fn queue_view() -> String {
+    format!("(stage NOT IN {TERMINAL_SQL} OR updated_at >= ?)")
+}
+
+/// One page of the queue's view in id order: ids above `after`, at most
+/// `limit` rows (keyset pagination: a page costs the same at any depth).
+pub async fn queue_page<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    recent_ms: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<TaskRow>, sqlx::Error> {
     let sql = format!(
-        "SELECT * FROM tasks WHERE stage NOT IN {TERMINAL_SQL} OR updated_at >= ? ORDER BY id"
+        "SELECT * FROM tasks WHERE id > ? AND {} ORDER BY id LIMIT ?",
+        queue_view()
+    );
+    sqlx::query_as(&sql)
+        .bind(after)
+        .bind(now_ms() - recent_ms)
+        .bind(limit)
+        .fetch_all(ex)
+        .await
+}
+
+/// Tasks per stage over the whole queue view (every page).
+pub async fn queue_counts<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    recent_ms: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT stage, COUNT(*) FROM tasks WHERE {} GROUP BY stage ORDER BY stage",
+        queue_view()
     );
     sqlx::query_as(&sql)
         .bind(now_ms() - recent_ms)

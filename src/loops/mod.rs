@@ -10,6 +10,7 @@ pub mod post_deploy;
 pub mod reaper;
 pub mod reconciler;
 pub mod recovery;
+pub mod retention;
 pub mod telegram_updates;
 pub mod tracker_poll;
 pub mod worker;
@@ -165,6 +166,24 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
             move || {
                 let w = watchdog.clone();
                 async move { ticks().tick("disk_watchdog", w.tick()).await }
+            },
+        );
+    }
+    // Retention (issue 16): the database and the workspace stay bounded.
+    if s.retention_days > 0 {
+        let r = Arc::new(retention::Retention::new(
+            rt.db.clone(),
+            rt.workspace.root(),
+            s.retention_days,
+            s.alert_dedup_window_s,
+        ));
+        blocks.push(r.clone());
+        supervisor.spawn_loop(
+            "retention",
+            Duration::from_secs(s.retention_interval_s),
+            move || {
+                let r = r.clone();
+                async move { ticks().tick("retention", r.tick()).await }
             },
         );
     }
