@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use load::{Figures, daemon_settings, get, load_with, plane_webhook, runtime};
+use load::{Run, daemon_settings, get, load_with, plane_webhook, runtime};
 use tokio::net::TcpListener;
 
 fn main() {
@@ -30,7 +30,7 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let secs: f64 = args.first().and_then(|v| v.parse().ok()).unwrap_or(3.0);
+    let secs: f64 = args.first().and_then(|v| v.parse().ok()).unwrap_or(5.0);
     let conns: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(32);
 
     // The baseline server.
@@ -53,20 +53,42 @@ fn main() {
         (running.addr, running)
     });
 
-    println!("http edges: {secs} s per case, {conns} keep-alive connections");
-    let h = load_with(hello, secs, conns, 0.0, get("/hello"));
-    let g = load_with(daemon, secs, conns, 0.0, get("/health"));
-
-    // Durable ingest at INGEST_CLIENTS: raw single transactions against
-    // the daemon's whole webhook path (signature, parse, group commit).
-    let raw = raw_ingest(&dir.path().join("raw.db"), secs, INGEST_CLIENTS);
-    let ingest = load_with(
-        daemon,
-        secs,
-        INGEST_CLIENTS,
-        0.0,
-        plane_webhook(WEBHOOK_SECRET),
+    println!("http edges: {secs} s per case in {ROUNDS} turns, {conns} keep-alive connections");
+    // Each case runs in turns with the others, so a noisy moment of the
+    // machine (this one shares its host) falls on every case alike.
+    let raw_db = dir.path().join("raw.db");
+    runtime().block_on(async {
+        orchestrator::db::Db::open(&raw_db)
+            .await
+            .unwrap()
+            .close()
+            .await;
+    });
+    let slice = secs / ROUNDS as f64;
+    let (mut h, mut g, mut raw, mut ingest) = (
+        Run::default(),
+        Run::default(),
+        Run::default(),
+        Run::default(),
     );
+    for round in 0..ROUNDS {
+        h.add(load_with(hello, slice, conns, 0.0, get("/hello")));
+        g.add(load_with(daemon, slice, conns, 0.0, get("/health")));
+        // Durable ingest at INGEST_CLIENTS: raw single transactions
+        // against the daemon's whole webhook path (signature, parse, group
+        // commit).
+        raw.add(raw_ingest(&raw_db, slice, INGEST_CLIENTS, round));
+        let offset = round as u64 * 1_000_000_000;
+        let hooks = plane_webhook(WEBHOOK_SECRET);
+        ingest.add(load_with(
+            daemon,
+            slice,
+            INGEST_CLIENTS,
+            0.0,
+            Arc::new(move |n| hooks(offset + n)),
+        ));
+    }
+    let (h, g, raw, ingest) = (h.figures(), g.figures(), raw.figures(), ingest.figures());
     let stored = daemon_rt.block_on(async {
         let db = orchestrator::db::Db::open(&dir.path().join("o.db"))
             .await
@@ -125,20 +147,14 @@ fn main() {
 }
 
 const INGEST_CLIENTS: usize = 16;
+const ROUNDS: usize = 5;
 const WEBHOOK_SECRET: &str = "bench-webhook-secret";
 
 /// The baseline: `clients` threads, each storing deliveries through its own
 /// rusqlite connection, one IMMEDIATE transaction per delivery with the
 /// same dedup reads and insert as the daemon, WAL and synchronous=FULL, on
 /// a database made by the daemon's migrations.
-fn raw_ingest(path: &std::path::Path, secs: f64, clients: usize) -> Figures {
-    runtime().block_on(async {
-        orchestrator::db::Db::open(path)
-            .await
-            .unwrap()
-            .close()
-            .await;
-    });
+fn raw_ingest(path: &std::path::Path, secs: f64, clients: usize, round: usize) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let threads: Vec<_> = (0..clients)
@@ -154,8 +170,8 @@ fn raw_ingest(path: &std::path::Path, secs: f64, clients: usize) -> Figures {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let id = format!("raw-{t}-{i}");
-                    let key = format!("issue=x|field=priority|new=high|at={t}.{i}");
+                    let id = format!("raw-{round}-{t}-{i}");
+                    let key = format!("issue=x|field=priority|new=high|at={round}.{t}.{i}");
                     let t0 = Instant::now();
                     let tx = c
                         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -192,16 +208,13 @@ fn raw_ingest(path: &std::path::Path, secs: f64, clients: usize) -> Figures {
     std::thread::sleep(Duration::from_secs_f64(secs));
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
-    let mut all: Vec<Duration> = threads
+    let lat: Vec<Duration> = threads
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    all.sort();
-    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Figures {
-        per_s: all.len() as f64 / elapsed,
-        p50_ms: q(0.50).as_secs_f64() * 1e3,
-        p99_ms: q(0.99).as_secs_f64() * 1e3,
+    Run {
+        lat,
+        elapsed,
         errors: 0,
     }
 }

@@ -82,6 +82,28 @@ impl Figures {
     }
 }
 
+/// The latencies of a run and how long it lasted; runs of one case taken
+/// in turns with the other cases add up (so a noisy moment of the machine
+/// falls on every case alike).
+#[derive(Default)]
+pub struct Run {
+    pub lat: Vec<Duration>,
+    pub elapsed: f64,
+    pub errors: u64,
+}
+
+impl Run {
+    pub fn add(&mut self, other: Run) {
+        self.lat.extend(other.lat);
+        self.elapsed += other.elapsed;
+        self.errors += other.errors;
+    }
+
+    pub fn figures(self) -> Figures {
+        Figures::of(self.lat, self.elapsed, self.errors)
+    }
+}
+
 /// Request `n` of the run, as bytes on the wire.
 pub type MakeRequest = Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>;
 
@@ -99,7 +121,7 @@ pub fn load_with(
     conns: usize,
     per_conn_rate: f64,
     make: MakeRequest,
-) -> Figures {
+) -> Run {
     runtime().block_on(load_async(addr, secs, conns, per_conn_rate, make))
 }
 
@@ -109,7 +131,7 @@ pub async fn load_async(
     conns: usize,
     per_conn_rate: f64,
     make: MakeRequest,
-) -> Figures {
+) -> Run {
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -146,11 +168,15 @@ pub async fn load_async(
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
-    let mut all = Vec::new();
+    let mut lat = Vec::new();
     for h in handles {
-        all.extend(h.await.unwrap());
+        lat.extend(h.await.unwrap());
     }
-    Figures::of(all, elapsed, errors.load(Ordering::Relaxed))
+    Run {
+        lat,
+        elapsed,
+        errors: errors.load(Ordering::Relaxed),
+    }
 }
 
 /// A signed Plane `issue` update (a priority change: stored as settled, so

@@ -3,9 +3,9 @@
 //!
 //! One writer task owns the batching. A sender hands its row over and waits;
 //! the writer takes every row already waiting (up to [`MAX_BATCH`]), stores
-//! them in one `BEGIN IMMEDIATE` transaction with the same dedup checks as
-//! [`deliveries::insert`] (a copy later in the same batch sees the earlier
-//! one), commits, and only then answers each sender. No timer: while one
+//! them in one statement (its own transaction) with the same dedup as
+//! [`deliveries::insert`] (a copy later in the same batch meets the earlier
+//! one), and only once it has committed answers each sender. No timer: while one
 //! batch is being fsynced the next one gathers, so a lone sender pays one
 //! commit and a crowd pays one commit per batch.
 //!
@@ -149,13 +149,14 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>, counts: Arc<Counts>) {
     }
 }
 
-/// The whole batch in one statement: a multi-row `INSERT … ON CONFLICT DO
-/// NOTHING RETURNING`, so a batch costs one round trip to SQLite plus the
-/// commit. A row that is not returned met a unique key — an earlier row or
-/// one earlier in the same statement (SQLite inserts `VALUES` in order) —
-/// and is classified by the same two reads as [`deliveries::insert_in`].
+/// The whole batch in one autocommit statement — a multi-row `INSERT … ON
+/// CONFLICT DO NOTHING RETURNING` is its own transaction — so a batch costs
+/// one round trip to SQLite and one fsync. A row that is not returned met a
+/// unique key: a row stored before, or one earlier in the same statement
+/// (SQLite inserts `VALUES` in order). It is classified afterwards by the
+/// same two reads as [`deliveries::insert_in`]; the row it met is
+/// committed by then.
 async fn store_batch(db: &Db, batch: &[Job]) -> Result<Vec<Inserted>, sqlx::Error> {
-    let mut tx = db.begin_write().await?;
     let now = super::now_ms();
     let mut sql = String::from(
         "INSERT INTO webhook_deliveries
@@ -185,21 +186,27 @@ async fn store_batch(db: &Db, batch: &[Job]) -> Result<Vec<Inserted>, sqlx::Erro
             .bind(&r.done_outcome);
     }
     let mut stored: std::collections::HashMap<(String, String), i64> = q
-        .fetch_all(&mut *tx)
+        .fetch_all(db.writer())
         .await?
         .into_iter()
         .map(|(id, source, delivery_id)| ((source, delivery_id), id))
         .collect();
     let mut out = Vec::with_capacity(batch.len());
+    let mut conn = None;
     for job in batch {
         let key = (job.row.source.to_string(), job.row.delivery_id.clone());
         // The first row of a delivery id in the batch is the one stored.
         match stored.remove(&key) {
             Some(id) => out.push(Inserted::New(id)),
-            None => out.push(deliveries::insert_in(&mut tx, &job.row.as_new()).await?),
+            None => {
+                if conn.is_none() {
+                    conn = Some(db.writer().acquire().await?);
+                }
+                let c = conn.as_mut().expect("just acquired");
+                out.push(deliveries::insert_in(c, &job.row.as_new()).await?);
+            }
         }
     }
-    tx.commit().await?;
     Ok(out)
 }
 
