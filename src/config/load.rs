@@ -425,7 +425,8 @@ impl<'a> Fields<'a> {
             alert_dedup_window_s: self.or_default("alert_dedup_window_s", d.alert_dedup_window_s),
             plane,
             prices,
-            projects,
+            projects: projects.into(),
+            source: None,
             ops,
         };
         let unknown: Vec<String> = self
