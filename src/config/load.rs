@@ -272,7 +272,16 @@ impl<'a> Fields<'a> {
         }
         let log_format = self.or_default("log_format", d.log_format);
         let log_level: String = self.or_default("log_level", d.log_level.clone());
-        let log_level = if tracing_subscriber::EnvFilter::try_new(&log_level).is_ok() {
+        // A filter is ASCII (targets, fields, levels); tracing-subscriber's
+        // parser panics on some mixes of whitespace and multibyte characters
+        // (found by tests/parsers_proptest.rs), so those never reach it, and
+        // any other panic of it still only makes the value invalid.
+        let parses = |f: &str| {
+            f.is_ascii()
+                && std::panic::catch_unwind(|| tracing_subscriber::EnvFilter::try_new(f).is_ok())
+                    .unwrap_or(false)
+        };
+        let log_level = if parses(&log_level) {
             log_level
         } else {
             let w = format!(
@@ -427,7 +436,8 @@ impl<'a> Fields<'a> {
             retention_interval_s: self.positive("retention_interval_s", d.retention_interval_s),
             plane,
             prices,
-            projects,
+            projects: projects.into(),
+            source: None,
             ops,
         };
         let unknown: Vec<String> = self

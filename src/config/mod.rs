@@ -1,14 +1,17 @@
 //! Settings (F-31): built-in defaults → TOML file named by `ORCH_CONFIG` →
 //! `ORCH_*` environment. Loaded once at the edge and passed down; nothing else
-//! in the crate reads the environment.
+//! in the crate reads the environment. The `[[projects]]` list is live (B-9,
+//! `live.rs`): the daemon re-reads the file and swaps it in.
 //!
 //! Validation is per key: a key with a safe default falls back to it with a
 //! warning naming the key; a key without one (the bind address, a project's
 //! `repo_url`) fails start-up with a message naming the key and its source.
 
+mod live;
 mod load;
 mod ops;
 
+pub use live::{Changes, Fingerprint, Projects, Source};
 pub use ops::{OpsSettings, TrackerMode, UpdatesMode};
 
 use std::collections::BTreeMap;
@@ -400,7 +403,11 @@ pub struct Settings {
     /// cost (Codex) and for the running cost of a stream (B-7): the built-in
     /// list with the TOML's `[prices]` laid over it.
     pub prices: PriceTable,
-    pub projects: Vec<Project>,
+    /// Live (B-9): read it at use time, never keep a copy.
+    pub projects: Projects,
+    /// The file and environment these came from, for a reload (B-9).
+    #[serde(skip)]
+    pub source: Option<Source>,
     /// Telegram card and gates, disk watchdog, build-cache pruner
     /// (F-26..F-29, B-11): `config/ops.rs`.
     #[serde(flatten)]
@@ -475,7 +482,8 @@ impl Default for Settings {
             retention_interval_s: 3600,
             plane: PlaneTable::default(),
             prices: PriceTable::default(),
-            projects: Vec::new(),
+            projects: Projects::default(),
+            source: None,
             ops: OpsSettings::default(),
         }
     }
@@ -570,7 +578,8 @@ impl Settings {
             file: file.map(Path::to_path_buf),
             ..Default::default()
         };
-        let settings = Fields::new(&fig, &mut report)?.build()?;
+        let mut settings = Fields::new(&fig, &mut report)?.build()?;
+        settings.source = file.map(|f| Source::new(f, env));
         Ok((settings, report))
     }
 
@@ -580,8 +589,9 @@ impl Settings {
         database_path(&self.database_url)
     }
 
-    pub fn project(&self, name: &str) -> Option<&Project> {
-        self.projects.iter().find(|p| p.name == name)
+    /// The project named `name` in the list of now (B-9).
+    pub fn project(&self, name: &str) -> Option<&'static Project> {
+        self.projects.current().iter().find(|p| p.name == name)
     }
 }
 

@@ -1,6 +1,7 @@
-//! Settings of the Telegram channel, the card and gates, the disk watchdog
-//! and the build-cache pruner (F-26..F-29, B-11). Kept apart from the core
-//! settings; flattened into [`Settings`] so every key is still `ORCH_<KEY>`.
+//! Settings of the Telegram channel, the card and gates, the disk watchdog,
+//! the build-cache pruner and the config poll (F-26..F-29, B-11, B-9). Kept
+//! apart from the core settings; flattened into [`Settings`] so every key is
+//! still `ORCH_<KEY>`.
 
 use std::path::PathBuf;
 
@@ -60,6 +61,10 @@ pub struct OpsSettings {
     pub build_cache_prune_until: String,
     /// Reclaimed space, in GB, from which a prune result is alerted.
     pub build_cache_prune_notify_min_gb: f64,
+
+    /// B-9: how often the daemon looks at the `ORCH_CONFIG` file for a
+    /// change (a hash of its bytes); 0 = only on SIGHUP.
+    pub config_poll_ms: u64,
 }
 
 impl Default for OpsSettings {
@@ -83,6 +88,7 @@ impl Default for OpsSettings {
             build_cache_prune_timeout_s: 600,
             build_cache_prune_until: "24h".into(),
             build_cache_prune_notify_min_gb: 1.0,
+            config_poll_ms: 2000,
         }
     }
 }
@@ -262,6 +268,7 @@ impl Fields<'_> {
                 .positive("build_cache_prune_timeout_s", d.build_cache_prune_timeout_s),
             build_cache_prune_until: until,
             build_cache_prune_notify_min_gb: notify,
+            config_poll_ms: self.or_default("config_poll_ms", d.config_poll_ms),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod build_cache_pruner;
 pub mod cards;
+pub mod config_reload;
 pub mod disk_watchdog;
 pub mod finalizer;
 pub mod forge_poll;
@@ -110,6 +111,18 @@ pub async fn start(
             }
         },
     );
+    // B-9: the projects file, re-read on change or SIGHUP. Its tick is
+    // mostly waiting, so it is not timed.
+    let reload = Arc::new(config_reload::ConfigReload::new(
+        rt.settings.clone(),
+        rt.notifier.clone(),
+    ));
+    blocks.push(reload.clone());
+    let stop = rt.shutdown.clone();
+    supervisor.spawn_loop("config_reload", Duration::from_millis(10), move || {
+        let (reload, stop) = (reload.clone(), stop.clone());
+        async move { reload.tick(stop).await }
+    });
     start_ops(rt, supervisor, &mut blocks);
     Ok(blocks)
 }
