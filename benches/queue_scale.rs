@@ -163,6 +163,32 @@ fn main() {
         // Warm both paths once (page cache, statement caches).
         direct_sql(&db, 5).await;
         queue_gets(addr, 5).await;
+        // Where the time of one /queue goes, query by query.
+        let r = db.reader();
+        let day = 24 * 3600 * 1000;
+        let mut each = [Duration::ZERO; 4];
+        for _ in 0..20 {
+            let t = Instant::now();
+            std::hint::black_box(tasks::queue_page(r, day, 0, 201).await.unwrap());
+            each[0] += t.elapsed();
+            let t = Instant::now();
+            std::hint::black_box(tasks::queue_counts(r, day).await.unwrap());
+            each[1] += t.elapsed();
+            let t = Instant::now();
+            std::hint::black_box(jobs::count_by_status(r).await.unwrap());
+            each[2] += t.elapsed();
+            let t = Instant::now();
+            std::hint::black_box(jobs::active(r).await.unwrap());
+            each[3] += t.elapsed();
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3 / 20.0;
+        println!(
+            "per query (mean of 20): page {:.2} ms, counts by stage {:.2} ms, jobs by status {:.2} ms, active jobs {:.2} ms",
+            ms(each[0]),
+            ms(each[1]),
+            ms(each[2]),
+            ms(each[3])
+        );
         let direct = direct_sql(&db, 200).await;
         let served = queue_gets(addr, 200).await;
         db.close().await;

@@ -319,6 +319,31 @@ async fn migrations_apply_to_empty_and_to_populated_databases() {
             .await
             .unwrap();
         assert_eq!(n, 1);
+        // The job counts kept by triggers (0012) start from the rows there
+        // and follow every insert, status change and delete.
+        let counted = "SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status";
+        let kept = "SELECT status, n FROM job_counts WHERE n > 0 ORDER BY status";
+        let rows = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                sqlx::query_as::<_, (String, i64)>(sql)
+                    .fetch_all(db.reader())
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(rows(kept).await, rows(counted).await);
+        for step in [
+            "INSERT INTO jobs (task_id, stage, role, status, created_at, updated_at) VALUES (1, 'review', 'reviewer', 'queued', 2, 2)",
+            "INSERT INTO jobs (task_id, stage, role, status, created_at, updated_at) VALUES (1, 'testing', 'tester', 'queued', 2, 2)",
+            "UPDATE jobs SET status = 'running' WHERE status = 'queued'",
+            "UPDATE jobs SET status = 'running', error = 'x' WHERE status = 'running'",
+            "UPDATE jobs SET status = 'failed' WHERE id = (SELECT MAX(id) FROM jobs)",
+            "DELETE FROM jobs WHERE status = 'failed'",
+        ] {
+            sqlx::query(step).execute(db.writer()).await.unwrap();
+            assert_eq!(rows(kept).await, rows(counted).await, "after {step}");
+        }
         db.close().await;
     }
 }

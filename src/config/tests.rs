@@ -362,9 +362,17 @@ fn an_environment_value_with_escapes_and_multibyte_characters_is_a_plain_string(
 
 #[test]
 fn a_log_filter_with_multibyte_characters_falls_back_instead_of_panicking() {
-    for bad in ["\u{a0}=\u{1F600} ", "info,\u{2028}x=debug", "  \u{10FFFF}[", "dé bug"] {
+    for bad in [
+        "\u{a0}=\u{1F600} ",
+        "info,\u{2028}x=debug",
+        "  \u{10FFFF}[",
+        "dé bug",
+    ] {
         let (s, r) = Settings::load(&env(&[("ORCH_LOG_LEVEL", bad)])).expect("loads");
         assert_eq!(s.log_level, "info", "{bad:?}");
-        assert!(r.warnings.iter().any(|w| w.contains("ORCH_LOG_LEVEL")), "{r:?}");
+        assert!(
+            r.warnings.iter().any(|w| w.contains("ORCH_LOG_LEVEL")),
+            "{r:?}"
+        );
     }
 }

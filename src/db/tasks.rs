@@ -164,14 +164,25 @@ pub async fn queue_page<'e>(
         .await
 }
 
-/// Tasks per stage over the whole queue view (every page).
+/// Tasks per stage over the whole queue view (every page). Written as two
+/// index ranges — live stages by `tasks_stage`, finished ones by
+/// `tasks_stage_updated` from the cutoff on — so it costs the tasks it
+/// counts, not every task ever done.
 pub async fn queue_counts<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     recent_ms: i64,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let live: Vec<String> = Stage::ALL
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
     let sql = format!(
-        "SELECT stage, COUNT(*) FROM tasks WHERE {} GROUP BY stage ORDER BY stage",
-        queue_view()
+        "SELECT stage, COUNT(*) FROM tasks WHERE stage IN ({live}) GROUP BY stage
+         UNION ALL
+         SELECT stage, COUNT(*) FROM tasks WHERE stage IN {TERMINAL_SQL} AND updated_at >= ? GROUP BY stage
+         ORDER BY 1",
+        live = live.join(",")
     );
     sqlx::query_as(&sql)
         .bind(now_ms() - recent_ms)
@@ -388,7 +399,7 @@ mod tests {
         let names: Vec<String> = Stage::ALL
             .iter()
             .filter(|s| s.is_terminal())
-            .map(|s| format!("'{s}'"))
+            .map(|s| format!("'{}'", s.as_str()))
             .collect();
         assert_eq!(TERMINAL_SQL, format!("({})", names.join(",")));
     }
