@@ -134,7 +134,7 @@ async fn what_is_done_and_old_goes_and_everything_else_stays() {
     let link = runs.join(format!("demo-1/job{}-developer-a2.log", ids[0]));
     std::os::unix::fs::symlink(&outside, &link).unwrap();
 
-    let r = Retention::new(db.clone(), &ws, 1, 3600);
+    let r = Retention::new(db.clone(), &ws, 1.0, 3600);
     r.tick().await.unwrap();
 
     assert_eq!(

@@ -432,7 +432,20 @@ impl<'a> Fields<'a> {
             reaper_enabled: self.or_default("reaper_enabled", d.reaper_enabled),
             reconciler_enabled: self.or_default("reconciler_enabled", d.reconciler_enabled),
             alert_dedup_window_s: self.or_default("alert_dedup_window_s", d.alert_dedup_window_s),
-            retention_days: self.or_default("retention_days", d.retention_days),
+            retention_days: {
+                let days: f64 = self.or_default("retention_days", d.retention_days);
+                if days.is_finite() && days >= 0.0 {
+                    days
+                } else {
+                    let w = format!(
+                        "{}: {days} is not a number of days >= 0; using {}",
+                        self.describe("retention_days"),
+                        d.retention_days
+                    );
+                    self.report.warnings.push(w);
+                    d.retention_days
+                }
+            },
             retention_interval_s: self.positive("retention_interval_s", d.retention_interval_s),
             plane,
             prices,

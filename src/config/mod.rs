@@ -395,7 +395,8 @@ pub struct Settings {
     /// Processed webhook deliveries and Telegram updates, sent outbox rows,
     /// quiet alert dedup rows and finished runs' files older than this are
     /// trimmed; 0 = keep everything (issue 16).
-    pub retention_days: u64,
+    /// Fractions allowed (`0.5` = 12 h).
+    pub retention_days: f64,
     pub retention_interval_s: u64,
 
     pub plane: PlaneTable,
@@ -478,7 +479,7 @@ impl Default for Settings {
             reaper_enabled: true,
             reconciler_enabled: true,
             alert_dedup_window_s: 3600,
-            retention_days: 30,
+            retention_days: 30.0,
             retention_interval_s: 3600,
             plane: PlaneTable::default(),
             prices: PriceTable::default(),

@@ -376,3 +376,21 @@ fn a_log_filter_with_multibyte_characters_falls_back_instead_of_panicking() {
         );
     }
 }
+
+#[test]
+fn retention_days_take_fractions_and_refuse_negatives() {
+    let (s, _) = Settings::load(&env(&[])).unwrap();
+    assert_eq!(s.retention_days, 30.0);
+    let (s, _) = Settings::load(&env(&[("ORCH_RETENTION_DAYS", "0.5")])).unwrap();
+    assert_eq!(s.retention_days, 0.5);
+    let (s, _) = Settings::load(&env(&[("ORCH_RETENTION_DAYS", "0")])).unwrap();
+    assert_eq!(s.retention_days, 0.0, "0 = keep everything");
+    for bad in ["-1", "soon", "NaN"] {
+        let (s, r) = Settings::load(&env(&[("ORCH_RETENTION_DAYS", bad)])).unwrap();
+        assert_eq!(s.retention_days, 30.0, "{bad}");
+        assert!(
+            r.warnings.iter().any(|w| w.contains("ORCH_RETENTION_DAYS")),
+            "{bad}: {r:?}"
+        );
+    }
+}

@@ -183,7 +183,7 @@ fn start_ops(rt: &Runtime, supervisor: &mut Supervisor, blocks: &mut Vec<Arc<dyn
         );
     }
     // Retention (issue 16): the database and the workspace stay bounded.
-    if s.retention_days > 0 {
+    if s.retention_days > 0.0 {
         let r = Arc::new(retention::Retention::new(
             rt.db.clone(),
             rt.workspace.root(),

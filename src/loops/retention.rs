@@ -23,7 +23,7 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 pub struct Retention {
     db: Db,
     runs: PathBuf,
-    days: u64,
+    days: f64,
     /// An alert dedup row is kept while its window may still apply.
     alert_window_ms: i64,
     ticks: AtomicU64,
@@ -36,7 +36,7 @@ pub struct Retention {
 }
 
 impl Retention {
-    pub fn new(db: Db, workspace_root: &Path, days: u64, alert_window_s: u64) -> Self {
+    pub fn new(db: Db, workspace_root: &Path, days: f64, alert_window_s: u64) -> Self {
         Self {
             db,
             runs: workspace_root.join("runs"),
@@ -54,7 +54,8 @@ impl Retention {
 
     pub async fn tick(&self) -> anyhow::Result<()> {
         let now = now_ms();
-        let cutoff = now - i64::try_from(self.days).unwrap_or(i64::MAX / DAY_MS) * DAY_MS;
+        let age_ms = (self.days * DAY_MS as f64).min(i64::MAX as f64) as i64;
+        let cutoff = now.saturating_sub(age_ms);
         let t = retention::trim(&self.db, cutoff, now.saturating_sub(self.alert_window_ms)).await?;
         let active: HashSet<i64> = jobs::active(self.db.reader())
             .await?
