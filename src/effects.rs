@@ -10,6 +10,7 @@ pub mod branch;
 pub use crate::checkouts as checkout;
 pub mod deploy;
 pub mod deploy_agent;
+pub mod deploy_deps;
 pub mod markers;
 pub mod ratchet;
 
@@ -26,5 +27,5 @@ pub fn daemon_effects(settings: Arc<Settings>, db: Db, forge: Arc<dyn Forge>) ->
     // F-25: delete_branch.
     let reg = branch::register(reg, settings.clone(), forge.clone());
     // F-19, F-23: merge_pr, prod_deploy, coverage_ratchet, image_rebuild.
-    deploy::register(reg, &deploy::DeployDeps::new(settings, db, forge))
+    deploy::register(reg, &deploy_deps::DeployDeps::new(settings, db, forge))
 }

@@ -21,12 +21,15 @@
 //! - `pipeline`: what events mean; after a stage move, the next job and the tracker status; STOP and its cascade (F-25).
 //! - `loops`: worker, reaper, reconciler, start-up job recovery (F-11, F-15, F-16).
 //! - `http`: the router, `/health`, `/queue`, `/metrics`, the admin lease release.
+//! - `status`: the `StatusBlock` trait of a `/queue` block and `Blocks` (a leaf: any layer implements it without importing `http`).
+//! - `api_error`: `ApiError`, the one error type of every handler (below `http`, so the intake's handlers use it too).
 //! - `shutdown`: one shutdown signal and the loop supervisor.
 //! - `app`: wiring and the start-up/shutdown order.
-//! - `telemetry`: tracing set-up.
+//! - `telemetry`: tracing set-up; `telemetry::metrics`, the metric families and the label-value escaper (a leaf).
 //! - `untrusted`: reading what an agent wrote: regular files only, no symlink followed, size-capped, off the runtime (invariant 8, B-12).
 
 pub mod agents;
+pub mod api_error;
 pub mod app;
 pub mod checkouts;
 pub mod cli;
@@ -49,5 +52,6 @@ pub mod procfs;
 pub mod sandbox;
 pub mod shutdown;
 pub mod stage_engine;
+pub mod status;
 pub mod telemetry;
 pub mod untrusted;

@@ -9,9 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use orchestrator::http::StatusBlock;
 use orchestrator::loops::build_cache_pruner::{Pruned, Pruner};
 use orchestrator::notify::RecordingNotifier;
+use orchestrator::status::StatusBlock;
 use support::daemon::until;
 
 /// A fake `ssh` in `dir/bin`: appends its argv (one per line, then `--`) to

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use orchestrator::http::StatusBlock;
 use orchestrator::loops::disk_watchdog::{DiskWatchdog, UsageSource};
 use orchestrator::notify::RecordingNotifier;
+use orchestrator::status::StatusBlock;
 
 #[derive(Default)]
 struct Fake(Mutex<HashMap<PathBuf, Result<f64, String>>>);

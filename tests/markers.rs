@@ -121,7 +121,7 @@ async fn the_post_deploy_tick_removes_markers_of_committed_transitions_only() {
     post_deploy::tick(&e.pipeline, &stats).await.unwrap();
     assert_eq!(markers(&dir), Vec::<String>::new());
     assert!(stats.markers_removed.load(Ordering::Relaxed) > removed);
-    let block = orchestrator::http::StatusBlock::snapshot(&stats).await;
+    let block = orchestrator::status::StatusBlock::snapshot(&stats).await;
     assert_eq!(
         block["markers_removed"],
         stats.markers_removed.load(Ordering::Relaxed)

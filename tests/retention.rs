@@ -191,13 +191,13 @@ async fn what_is_done_and_old_goes_and_everything_else_stays() {
         "the link itself is not a run file"
     );
 
-    let block = orchestrator::http::StatusBlock::snapshot(&r).await;
+    let block = orchestrator::status::StatusBlock::snapshot(&r).await;
     assert_eq!(block["deliveries_trimmed"], old_done as u64, "{block}");
     assert_eq!(block["run_files_removed"], 2, "{block}");
 
     // A second tick finds nothing more.
     r.tick().await.unwrap();
-    let again = orchestrator::http::StatusBlock::snapshot(&r).await;
+    let again = orchestrator::status::StatusBlock::snapshot(&r).await;
     assert_eq!(again["deliveries_trimmed"], block["deliveries_trimmed"]);
     assert_eq!(again["ticks"], 2);
 }

@@ -12,9 +12,9 @@ use orchestrator::clients::plane::PlaneClient;
 use orchestrator::db::leases::{self, LeaseRow};
 use orchestrator::db::tasks::{self, NewTask};
 use orchestrator::domain::Stage;
-use orchestrator::http::StatusBlock;
 use orchestrator::loops::reconciler::{self, ReconcilerStats};
 use orchestrator::stage_engine::lease::process_start_time;
+use orchestrator::status::StatusBlock;
 use support::plane_double::PlaneDouble;
 use support::runtime::Harness;
 

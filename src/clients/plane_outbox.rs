@@ -28,7 +28,7 @@ use super::retry::backoff;
 use super::{ClientError, Tracker, TrackerRef};
 use crate::db::outbox::{self, OutboxRow, Target, Write};
 use crate::db::{Db, now_ms};
-use crate::http::StatusBlock;
+use crate::status::StatusBlock;
 
 /// Plane's `external_id` is a 255-character field.
 const EXTERNAL_ID_MAX: usize = 255;

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::deploy::{DeployDeps, write_durably};
+use super::deploy_deps::{DeployDeps, write_durably};
 use crate::proc_group::{self, Outcome, ProcError, Spec};
 use crate::stage_engine::{EffectCtx, EffectError};
 

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::deploy::{DeployDeps, write_durably};
+use super::deploy_deps::{DeployDeps, write_durably};
 use crate::agents::launcher;
 use crate::agents::prompts::{self, PromptInput};
 use crate::agents::usage;

@@ -106,7 +106,7 @@ fn row_of<'a>(name: &str, rows: &'a [EffectRow]) -> Option<&'a EffectRow> {
 /// `<workspace_root>/deploys`. Never fails: what it cannot do is logged and
 /// counted in [`Sweep::errors`], and the next sweep tries again.
 pub async fn sweep(settings: &Settings, db: &Db, now: SystemTime, min_age: Duration) -> Sweep {
-    let dir = super::deploy::deploys_dir(settings);
+    let dir = super::deploy_deps::deploys_dir(settings);
     let mut out = Sweep::default();
     let mut by_task: HashMap<i64, Vec<(String, SystemTime)>> = HashMap::new();
     let entries = match std::fs::read_dir(&dir) {
@@ -201,7 +201,7 @@ mod tests {
     use crate::db::effects::{self, Planned};
     use crate::db::tasks::NewTask;
     use crate::domain::Stage;
-    use crate::effects::deploy::DeployDeps;
+    use crate::effects::deploy_deps::DeployDeps;
     use crate::stage_engine::transition_key;
 
     const HOUR: Duration = Duration::from_secs(3600);

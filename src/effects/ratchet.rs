@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::deploy::{DeployDeps, task_branch, write_durably};
+use super::deploy_deps::{DeployDeps, task_branch, write_durably};
 use crate::config::Project;
 use crate::db::deploys::{self, Ratchet};
 use crate::proc_group::Ended;

@@ -23,8 +23,8 @@ use crate::db::jobs::{self, JobRow};
 use crate::db::{merge_lease, tasks};
 use crate::domain::Stage;
 use crate::git::{self, branch_name};
-use crate::http::StatusBlock;
 use crate::proc_group::{self, Ended};
+use crate::status::StatusBlock;
 
 use super::security;
 

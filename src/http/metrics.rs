@@ -68,12 +68,6 @@ pub async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
-pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// (resident bytes, cpu seconds, open fds, threads) from /proc/self.
 fn process_figures() -> (Option<u64>, Option<f64>, Option<usize>, Option<u64>) {
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)

@@ -2,7 +2,6 @@
 
 pub mod admin;
 pub mod board;
-pub mod error;
 pub mod health;
 pub mod items;
 pub mod metrics;
@@ -26,9 +25,9 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
+pub use crate::api_error::ApiError;
+pub use crate::status::{Blocks, StatusBlock};
 pub use metrics::Metrics;
-pub use queue::{Blocks, StatusBlock};
 
 use crate::config::Settings;
 use crate::db::Db;

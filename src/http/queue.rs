@@ -1,10 +1,9 @@
 //! `GET /queue` (F-30): read-only JSON of tasks, jobs and one object per
-//! subsystem block. Subsystems that run loops register a [`StatusBlock`].
+//! subsystem block. Subsystems that run loops register a
+//! [`StatusBlock`](crate::status::StatusBlock) (`src/status.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -13,18 +12,6 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::db::{jobs, tasks};
-
-/// A subsystem's block of `/queue` (`reaper`, `merge_gate`, ...).
-#[async_trait]
-pub trait StatusBlock: Send + Sync {
-    fn name(&self) -> &'static str;
-    async fn snapshot(&self) -> Value;
-    /// Lines this subsystem adds to `/metrics` (Prometheus text, with their
-    /// HELP and TYPE); most add none.
-    async fn prometheus(&self) -> String {
-        String::new()
-    }
-}
 
 /// Finished tasks stay visible this long.
 const RECENT_MS: i64 = 24 * 3600 * 1000;
@@ -100,5 +87,3 @@ pub async fn queue(
     }
     Ok(Json(body))
 }
-
-pub type Blocks = Arc<Vec<Arc<dyn StatusBlock>>>;

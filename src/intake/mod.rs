@@ -29,11 +29,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Notify};
 
+use crate::api_error::ApiError;
 use crate::config::{Project, Secret, Settings};
 use crate::db::deliveries::{self, DeliveryRow, Inserted};
 use crate::db::group_commit::{Delivery, DeliveryWriter, GroupError};
 use crate::events::{Event, ParseError, Parsed, PlaneStateChange, StateRef};
-use crate::http::ApiError;
 use crate::pipeline::Pipeline;
 use crate::pipeline::status::{StatusChange, strip_html};
 
@@ -281,7 +281,7 @@ struct Inner {
 struct IntakeBlock(Intake);
 
 #[async_trait::async_trait]
-impl crate::http::StatusBlock for IntakeBlock {
+impl crate::status::StatusBlock for IntakeBlock {
     fn name(&self) -> &'static str {
         "intake"
     }
@@ -342,7 +342,7 @@ impl Intake {
 
     /// The `intake` block of `/queue`: webhooks shed and how deliveries
     /// were committed (group commit, issue 16).
-    pub fn status_block(&self) -> Arc<dyn crate::http::StatusBlock> {
+    pub fn status_block(&self) -> Arc<dyn crate::status::StatusBlock> {
         Arc::new(IntakeBlock(self.clone()))
     }
 

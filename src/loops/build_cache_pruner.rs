@@ -17,9 +17,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::{SECRET_ENV_KEYS, Settings};
-use crate::http::StatusBlock;
 use crate::notify::{Alert, Notifier};
 use crate::proc_group::{self, Ended};
+use crate::status::StatusBlock;
 
 /// SIGTERM → SIGKILL grace when the prune passes its timeout.
 const KILL_GRACE: Duration = Duration::from_secs(5);

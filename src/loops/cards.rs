@@ -30,9 +30,9 @@ use crate::config::{Settings, TrackerMode};
 use crate::db::runs::RunRow;
 use crate::db::{Db, history, jobs, tasks, telegram};
 use crate::domain::Stage;
-use crate::http::StatusBlock;
 use crate::notify::callback::Signer;
 use crate::notify::card::{self, CardView, GateAction, Lang, RunLine};
+use crate::status::StatusBlock;
 
 /// Longest 429 wait inside one tick; a longer one ends the tick.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::config::{Changes, Fingerprint, Settings};
-use crate::http::StatusBlock;
 use crate::notify::{Alert, Notifier};
 use crate::shutdown::Shutdown;
+use crate::status::StatusBlock;
 
 /// Why a check runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::Settings;
-use crate::http::StatusBlock;
 use crate::notify::{Alert, Notifier};
+use crate::status::StatusBlock;
 
 /// Where usage figures come from: the filesystem, or a test's fake.
 pub trait UsageSource: Send + Sync {
@@ -239,7 +239,7 @@ impl StatusBlock for DiskWatchdog {
         );
         if let Ok(state) = self.state.lock() {
             for (p, s) in state.iter() {
-                let label = crate::http::metrics::escape(&p.display().to_string());
+                let label = crate::telemetry::metrics::escape(&p.display().to_string());
                 if let Some(pct) = s.used_percent {
                     let _ = writeln!(
                         out,

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agents::runtime::Runtime;
-use crate::http::StatusBlock;
 use crate::shutdown::Supervisor;
+use crate::status::StatusBlock;
 // Tick durations in `/metrics`; the long-polling Telegram loop is not timed
 // (its tick is mostly waiting).
 use crate::telemetry::metrics::families as ticks;

@@ -28,8 +28,8 @@ use crate::db::tasks;
 use crate::db::{deploys, now_ms};
 use crate::domain::Stage;
 use crate::effects::markers;
-use crate::http::StatusBlock;
 use crate::pipeline::Pipeline;
+use crate::status::StatusBlock;
 
 /// The actor name of the monitor's status writes.
 pub const ACTOR: &str = "post-deploy-monitor";

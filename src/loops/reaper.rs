@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use crate::agents::monitor;
 use crate::agents::runtime::Runtime;
 use crate::db::{jobs, tasks};
-use crate::http::StatusBlock;
 use crate::stage_engine::ForceRelease;
+use crate::status::StatusBlock;
 
 #[derive(Debug, Default)]
 pub struct ReaperStats {

@@ -22,9 +22,9 @@ use serde_json::{Value, json};
 use crate::agents::runtime::Runtime;
 use crate::db::jobs;
 use crate::db::tasks::{TERMINAL_SQL, TaskRow};
-use crate::http::StatusBlock;
 use crate::pipeline::job_role;
 use crate::stage_engine::Outcome;
+use crate::status::StatusBlock;
 
 #[derive(Debug, Default)]
 pub struct ReconcilerStats {

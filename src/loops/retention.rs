@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use crate::db::{Db, jobs, now_ms, retention};
-use crate::http::StatusBlock;
+use crate::status::StatusBlock;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 

@@ -28,11 +28,11 @@ use serde_json::{Value, json};
 use crate::clients::telegram::{Bot, TgError};
 use crate::config::Settings;
 use crate::db::{tasks, telegram};
-use crate::http::StatusBlock;
 use crate::notify::callback::Signer;
 use crate::notify::card::GateAction;
 use crate::pipeline::Pipeline;
 use crate::pipeline::status::StatusChange;
+use crate::status::StatusBlock;
 
 /// The actor name a tap's engine calls carry.
 pub const ACTOR: &str = "telegram";

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::{Alert, Notifier};
 use crate::db::{Db, alerts};
-use crate::http::StatusBlock;
+use crate::status::StatusBlock;
 
 /// Longest wait for the store before the alert goes out undeduplicated.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -32,10 +32,10 @@ use super::status::describe;
 use crate::db::tasks::{self, TERMINAL_SQL, TaskRow};
 use crate::db::{jobs, leases, merge_lease, now_ms, runs};
 use crate::domain::Stage;
-use crate::http::StatusBlock;
 use crate::notify::Alert;
 use crate::proc_group::{self, GroupKill};
 use crate::stage_engine::{EngineError, Outcome};
+use crate::status::StatusBlock;
 
 /// The reason recorded on every job a STOP cancels.
 const JOB_REASON: &str = "cancelled by STOP (F-25)";

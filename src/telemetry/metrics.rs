@@ -178,9 +178,23 @@ pub fn families() -> &'static Families {
     &FAMILIES
 }
 
+/// A Prometheus label value (in text written by hand, such as a status
+/// block's lines): backslash, double quote and newline escaped.
+pub fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_quotes_backslash_quote_and_newline() {
+        assert_eq!(escape("plain /var"), "plain /var");
+        assert_eq!(escape("a\\b\"c\nd"), r#"a\\b\"c\nd"#);
+    }
 
     #[test]
     fn families_encode_with_their_labels() {

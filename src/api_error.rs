@@ -1,5 +1,6 @@
 //! One error type for every handler: a status code and a short public
-//! message; internals are logged, never returned.
+//! message; internals are logged, never returned. Below `http` (which
+//! re-exports it) so that the intake's handlers need not import `http`.
 
 use axum::Json;
 use axum::http::StatusCode;
