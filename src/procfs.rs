@@ -1,5 +1,6 @@
 //! The one reader of `/proc`: a process's state, group and start time, its
-//! environment, the processes of a group. Lease liveness (pid + start
+//! environment, the processes of a group, the daemon's own figures for
+//! `/metrics`. Lease liveness (pid + start
 //! time), the process-group spawner and deploy adoption all ask here, so a
 //! pid that the kernel reused for another program is told apart the same
 //! way everywhere.
@@ -14,6 +15,11 @@ pub struct Stat {
     /// Field 22: start time in clock ticks since boot. Pids are reused;
     /// (pid, start time) is not, within one boot.
     pub start_time: i64,
+    /// Fields 14 and 15: CPU time in user and kernel mode, clock ticks.
+    pub utime: u64,
+    pub stime: u64,
+    /// Field 20.
+    pub threads: u64,
 }
 
 impl Stat {
@@ -33,7 +39,43 @@ pub fn parse_stat(stat: &str) -> Option<Stat> {
         pgrp: fields.get(2)?.parse().ok()?,
         // Field 22 of the whole line is the 20th after the state (field 3).
         start_time: fields.get(19)?.parse().ok()?,
+        utime: fields.get(11)?.parse().ok()?,
+        stime: fields.get(12)?.parse().ok()?,
+        threads: fields.get(17)?.parse().ok()?,
     })
+}
+
+/// The daemon's own figures for `/metrics`; each `None` when unreadable.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnFigures {
+    pub resident_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub open_fds: Option<usize>,
+    pub threads: Option<u64>,
+}
+
+pub fn own_figures() -> OwnFigures {
+    let conf = |v, default: i64| {
+        nix::unistd::sysconf(v)
+            .ok()
+            .flatten()
+            .unwrap_or(default)
+            .max(1) as u64
+    };
+    let page = conf(nix::unistd::SysconfVar::PAGE_SIZE, 4096);
+    let ticks = conf(nix::unistd::SysconfVar::CLK_TCK, 100) as f64;
+    let stat = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_stat(&s));
+    OwnFigures {
+        resident_bytes: std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|p| p * page),
+        cpu_seconds: stat.map(|s| (s.utime + s.stime) as f64 / ticks),
+        open_fds: std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count()),
+        threads: stat.map(|s| s.threads),
+    }
 }
 
 /// `/proc/<pid>/stat`, or `None` when the process is gone (or unreadable).
@@ -113,6 +155,7 @@ mod tests {
             (s.state, s.ppid, s.pgrp, s.start_time),
             ('S', 1, 4200, 987654)
         );
+        assert_eq!((s.utime, s.stime, s.threads), (0, 0, 1));
         let z = parse_stat(&format!("4242 (zz) Z 1 77 77 {tail}")).unwrap();
         assert!(z.is_zombie());
         assert_eq!(parse_stat("garbage"), None);
@@ -121,6 +164,15 @@ mod tests {
             None,
             "too short for a start time"
         );
+    }
+
+    #[test]
+    fn our_own_figures_are_read() {
+        let f = own_figures();
+        assert!(f.resident_bytes.is_some_and(|b| b > 0), "{f:?}");
+        assert!(f.threads.is_some_and(|t| t >= 1), "{f:?}");
+        assert!(f.open_fds.is_some_and(|n| n >= 3), "{f:?}");
+        assert!(f.cpu_seconds.is_some(), "{f:?}");
     }
 
     #[test]

@@ -68,43 +68,15 @@ pub async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
-/// (resident bytes, cpu seconds, open fds, threads) from /proc/self.
-fn process_figures() -> (Option<u64>, Option<f64>, Option<usize>, Option<u64>) {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let rss = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|p| p * page);
-    let stat = std::fs::read_to_string("/proc/self/stat").ok();
-    let fields: Vec<String> = stat
-        .as_deref()
-        .and_then(|s| {
-            s.rfind(')')
-                .map(|i| s[i + 1..].split_whitespace().map(String::from).collect())
-        })
-        .unwrap_or_default();
-    let cpu = match (fields.get(11), fields.get(12)) {
-        (Some(u), Some(s)) => match (u.parse::<f64>(), s.parse::<f64>()) {
-            (Ok(u), Ok(s)) => Some((u + s) / ticks),
-            _ => None,
-        },
-        _ => None,
-    };
-    let threads = fields.get(17).and_then(|t| t.parse().ok());
-    let fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count());
-    (rss, cpu, fds, threads)
-}
-
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut now = Registry::default();
-    let (rss, cpu, fds, threads) = process_figures();
+    let own = crate::procfs::own_figures();
+    let (rss, cpu, fds, threads) = (
+        own.resident_bytes,
+        own.cpu_seconds,
+        own.open_fds,
+        own.threads,
+    );
     let gauge = |now: &mut Registry, name: &str, help: &str, v: Option<i64>| {
         if let Some(v) = v {
             let g: Gauge = Gauge::default();

@@ -172,6 +172,17 @@ impl Daemon {
     }
 }
 
+/// A daemon a test did not stop (it failed, or it ended early) is killed
+/// with it, so no test leaves a process behind holding its port and files.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl World {
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("o.db")
