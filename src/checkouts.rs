@@ -62,35 +62,23 @@ struct GitOut {
 }
 
 async fn run_git(dir: &Path, args: &[&str]) -> Result<GitOut, CheckoutError> {
-    let mut cmd = crate::git::command();
-    cmd.arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        // Messages are matched below ("rejected", "couldn't find remote ref").
-        .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(source)) => {
-            return Err(CheckoutError::Spawn {
-                dir: dir.to_path_buf(),
-                source,
-            });
-        }
-        Err(_) => {
-            return Err(CheckoutError::Timeout {
-                args: args.join(" "),
-                dir: dir.to_path_buf(),
-            });
-        }
-    };
-    Ok(GitOut {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
+    // Messages are matched below ("rejected", "couldn't find remote ref"):
+    // the runner sets the C locale.
+    match crate::git::run(dir, args, GIT_TIMEOUT).await {
+        Ok(out) => Ok(GitOut {
+            code: out.code,
+            stdout: out.stdout.trim().to_string(),
+            stderr: out.stderr,
+        }),
+        Err(crate::git::RunError::Spawn { source, .. }) => Err(CheckoutError::Spawn {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+        Err(crate::git::RunError::Timeout { .. }) => Err(CheckoutError::Timeout {
+            args: args.join(" "),
+            dir: dir.to_path_buf(),
+        }),
+    }
 }
 
 /// Run git; its stdout when it exited 0, else an error with its stderr.

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::process::Command;
 
@@ -14,8 +15,10 @@ use crate::config::Project;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("cannot run git: {0}")]
-    Spawn(#[from] std::io::Error),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("workspace: {0}")]
+    Io(#[from] std::io::Error),
     #[error("git {args} (in {cwd}) failed: {stderr}")]
     Failed {
         args: String,
@@ -47,21 +50,84 @@ pub fn command() -> Command {
     cmd
 }
 
+/// How long one git command may take unless its caller says otherwise: a
+/// fetch or push of a large repository over a slow link, not a hang.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What one git command printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct GitOutput {
+    /// `None`: ended by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    /// Trimmed.
+    pub stderr: String,
+}
+
+impl GitOutput {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Why a git command gave no output at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot run git {args} in {cwd}: {source}")]
+    Spawn {
+        args: String,
+        cwd: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("git {args} (in {cwd}) timed out after {}s", .timeout.as_secs())]
+    Timeout {
+        args: String,
+        cwd: PathBuf,
+        timeout: Duration,
+    },
+}
+
+/// The one git runner (issue 16): [`command`]'s hardening, no credential
+/// prompt, the C locale (callers match git's messages), no stdin, and a
+/// timeout after which the process is killed (`kill_on_drop`).
+pub async fn run(cwd: &Path, args: &[&str], timeout: Duration) -> Result<GitOutput, RunError> {
+    let mut cmd = command();
+    cmd.arg("-C")
+        .arg(cwd)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(timeout, cmd.output()).await {
+        Ok(Ok(out)) => Ok(GitOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
+        Ok(Err(source)) => Err(RunError::Spawn {
+            args: args.join(" "),
+            cwd: cwd.to_path_buf(),
+            source,
+        }),
+        Err(_) => Err(RunError::Timeout {
+            args: args.join(" "),
+            cwd: cwd.to_path_buf(),
+            timeout,
+        }),
+    }
+}
+
 /// Run git in `cwd`; stdout on success. Never prompts for credentials.
 pub async fn git(cwd: &Path, args: &[&str]) -> Result<String, GitError> {
-    let mut cmd = command();
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C");
-    let out = cmd.kill_on_drop(true).output().await?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = run(cwd, args, DEFAULT_TIMEOUT).await?;
+    if out.ok() {
+        Ok(out.stdout)
     } else {
         Err(GitError::Failed {
             args: args.join(" "),
             cwd: cwd.to_path_buf(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: out.stderr,
         })
     }
 }
@@ -291,6 +357,34 @@ impl Workspace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_one_runner_reports_exit_output_failure_and_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = run(dir.path(), &["init", "-q"], DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert!(init.ok(), "{init:?}");
+        let head = run(
+            dir.path(),
+            &["rev-parse", "--is-inside-work-tree"],
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(head.stdout.trim(), "true");
+        // The C locale: callers match git's own words.
+        let bad = run(dir.path(), &["checkout", "no-such-branch"], DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert!(!bad.ok() && bad.stderr.contains("did not match"), "{bad:?}");
+        let slow = run(dir.path(), &["status"], Duration::ZERO).await;
+        assert!(matches!(slow, Err(RunError::Timeout { .. })), "{slow:?}");
+        let gone = run(&dir.path().join("missing"), &["status"], DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        assert!(!gone.ok(), "{gone:?}");
+    }
 
     #[test]
     fn branch_names() {

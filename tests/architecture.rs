@@ -307,3 +307,29 @@ fn the_detectors_catch_the_old_imports() {
         );
     }
 }
+
+// (d) ------------------------------------------------------------------------
+
+#[test]
+fn git_runs_only_through_the_one_runner() {
+    let found: Vec<String> = sources()
+        .iter()
+        .filter(|(file, _)| file != "src/git.rs")
+        .flat_map(|(file, text)| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| {
+                    l.contains("git::command()")
+                        || l.contains("Command::new(\"git\")")
+                        || l.contains("std::process::Command::new(\"git")
+                })
+                .map(|(n, l)| format!("{file}:{}: {}", n + 1, l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_none(
+        "git runs only through `crate::git::run` (or `git::git`): one environment \
+         (hardening, no secrets, no prompt, C locale) and one timeout policy",
+        found,
+    );
+}

@@ -520,23 +520,11 @@ impl Forge for GiteaClient {
 
 /// Run git in `dir`; its exit code, `None` when it could not run or timed out.
 async fn git(dir: &Path, args: &[&str], timeout: Duration) -> Option<i32> {
-    let mut cmd = crate::git::command();
-    cmd.arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(timeout, cmd.output())
-        .await
-        .ok()?
-        .ok()?;
-    if !matches!(out.status.code(), Some(0 | 1)) {
-        tracing::debug!(dir = %dir.display(), ?args, stderr = %String::from_utf8_lossy(&out.stderr), "git failed");
+    let out = crate::git::run(dir, args, timeout).await.ok()?;
+    if !matches!(out.code, Some(0 | 1)) {
+        tracing::debug!(dir = %dir.display(), ?args, stderr = %out.stderr, "git failed");
     }
-    out.status.code()
+    out.code
 }
 
 fn is_hex_sha(s: &str) -> bool {

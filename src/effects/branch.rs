@@ -182,25 +182,13 @@ async fn git(dir: &Path, args: &[&str]) -> Result<GitOut, String> {
     if let Err(e) = tokio::fs::create_dir_all(dir).await {
         return Err(format!("cannot create {}: {e}", dir.display()));
     }
-    let mut cmd = crate::git::command();
-    cmd.args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
-        Ok(Ok(out)) => Ok(GitOut {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    match crate::git::run(dir, args, GIT_TIMEOUT).await {
+        Ok(out) => Ok(GitOut {
+            ok: out.ok(),
+            stdout: out.stdout,
+            stderr: out.stderr,
         }),
-        Ok(Err(e)) => Err(format!("cannot run git {}: {e}", args.join(" "))),
-        Err(_) => Err(format!(
-            "git {} timed out after {}s",
-            args.join(" "),
-            GIT_TIMEOUT.as_secs()
-        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
