@@ -333,3 +333,71 @@ fn git_runs_only_through_the_one_runner() {
         found,
     );
 }
+
+// (e) ------------------------------------------------------------------------
+
+/// The names of a `[table]` of Cargo.toml (`name = ...` lines up to the
+/// next table).
+fn cargo_table(manifest: &str, table: &str) -> Vec<String> {
+    manifest
+        .lines()
+        .skip_while(|l| l.trim() != table)
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .filter_map(|l| {
+            let name = l.split('=').next()?.trim();
+            (!name.is_empty() && !name.starts_with('#')).then(|| name.to_string())
+        })
+        .collect()
+}
+
+fn rust_files_under(dir: &std::path::Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.ends_with("node_modules") {
+            rust_files_under(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(std::fs::read_to_string(&p).unwrap_or_default());
+        }
+    }
+}
+
+#[test]
+fn every_dependency_is_used() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let uses = |texts: &[String], dep: &str| {
+        let id = dep.replace('-', "_");
+        let marks = [format!("{id}::"), format!("use {id}"), format!("{id}!(")];
+        texts
+            .iter()
+            .any(|t| marks.iter().any(|m| t.contains(m.as_str())))
+    };
+    let mut src = Vec::new();
+    rust_files_under(&root.join("src"), &mut src);
+    let mut all = src.clone();
+    rust_files_under(&root.join("tests"), &mut all);
+    rust_files_under(&root.join("benches"), &mut all);
+    let unused: Vec<String> = cargo_table(&manifest, "[dependencies]")
+        .into_iter()
+        .filter(|d| !uses(&src, d))
+        .map(|d| format!("[dependencies] {d}: nothing under src/ uses it"))
+        .chain(
+            cargo_table(&manifest, "[dev-dependencies]")
+                .into_iter()
+                .filter(|d| d != "orchestrator" && !uses(&all, d))
+                .map(|d| format!("[dev-dependencies] {d}: no test or bench uses it")),
+        )
+        .collect();
+    // The detector sees a use and the lack of one.
+    assert!(cargo_table(&manifest, "[dependencies]").len() > 10);
+    assert!(uses(&src, "serde-json") && !uses(&src, "no-such-crate"));
+    assert_eq!(
+        cargo_table(
+            "[dependencies]\na = \"1\"\n# c\nb-c = { version = \"2\" }\n[x]\nd = 1",
+            "[dependencies]"
+        ),
+        ["a", "b-c"]
+    );
+    assert_none("a dependency nothing uses is removed", unused);
+}
