@@ -121,23 +121,19 @@ fn run(jobs: i64, secs: f64, loops_on: bool) -> Run {
     seed(&db, jobs, &boot);
     // Let the first ticks over the seeded rows pass before measuring.
     std::thread::sleep(Duration::from_secs(2));
-    let before = rt.block_on(async {
-        reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let metrics = || {
+        rt.block_on(async {
+            reqwest::get(format!("{base}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    let before = metrics();
     let (probe_fig, probe_max) = probe(&db, secs);
-    let after = rt.block_on(async {
-        reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let after = metrics();
     let mut ticks = Vec::new();
     for name in ["reaper", "reconciler"] {
         let s = |t: &str, what: &str| {

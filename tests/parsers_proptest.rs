@@ -145,14 +145,8 @@ fn documented_keys() -> Vec<String> {
         .collect()
 }
 
-const SECRETS: &[&str] = &[
-    "ORCH_ADMIN_TOKEN",
-    "ORCH_PLANE_API_KEY",
-    "ORCH_PLANE_WEBHOOK_SECRET",
-    "ORCH_GITEA_TOKEN",
-    "ORCH_GITEA_WEBHOOK_SECRET",
-    "ORCH_TELEGRAM_BOT_TOKEN",
-];
+/// Every secret the loader knows, from the loader itself.
+const SECRETS: &[&str] = orchestrator::config::SECRET_ENV_KEYS;
 
 fn value() -> impl Strategy<Value = String> {
     prop_oneof![

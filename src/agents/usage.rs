@@ -65,11 +65,14 @@ pub struct Usage {
 impl Usage {
     /// What a run row stores of this usage.
     pub fn to_row(&self) -> crate::db::runs::UsageRow {
+        // SQLite integers are i64: an absurd count an agent printed
+        // (`18e100`) saturates there instead of wrapping to -1.
+        let stored = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         crate::db::runs::UsageRow {
-            input: self.input_tokens as i64,
-            output: self.output_tokens as i64,
-            cache_read: self.cache_read_tokens as i64,
-            cache_creation: self.cache_creation_tokens as i64,
+            input: stored(self.input_tokens),
+            output: stored(self.output_tokens),
+            cache_read: stored(self.cache_read_tokens),
+            cache_creation: stored(self.cache_creation_tokens),
             cost_usd: self.cost_usd,
             format: self.format.as_stored(),
             error: self.is_error.then(|| {
@@ -492,6 +495,17 @@ mod cli_tests;
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_absurd_token_count_is_stored_saturated_never_negative() {
+        let u = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: 80,
+            ..Usage::default()
+        };
+        let row = u.to_row();
+        assert_eq!((row.input, row.output), (i64::MAX, 80));
+    }
 
     const STREAM: &str = include_str!("../../tests/fixtures/agents/claude-stream.jsonl");
     const ERROR: &str = include_str!("../../tests/fixtures/agents/claude-error.json");
