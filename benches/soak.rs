@@ -7,7 +7,8 @@
 //! rate from 4 clients, `/queue` and `/health` polled twice a second each,
 //! with retention at 0.0015 days (~130 s) every 10 s, so what it stores
 //! is trimmed within the run. Every 30 s: the daemon's RSS (from
-//! /proc/<pid>/status) and the size of its database files. Figures: RSS at
+//! /proc/<pid>/status), what SQLite's allocator holds (`/metrics`), and the
+//! size of its database files. Figures: RSS at
 //! the end against RSS after the first minute (aim ±10%), and the largest
 //! database size of the last half against that of the first half (aim: no
 //! growth once retention has caught up).
@@ -32,6 +33,22 @@ fn rss_kib(pid: u32) -> u64 {
                 .find_map(|l| l.strip_prefix("VmRSS:"))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
+        .unwrap_or(0)
+}
+
+/// A gauge from `/metrics`, read with a plain blocking request.
+fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -125,8 +142,8 @@ fn main() {
 
     let start = Instant::now();
     let mut samples: Vec<(u64, u64, u64)> = Vec::new();
-    println!("| t s | RSS KiB | database bytes |");
-    println!("|---:|---:|---:|");
+    println!("| t s | RSS KiB | SQLite KiB | database bytes |");
+    println!("|---:|---:|---:|---:|");
     while start.elapsed().as_secs() < secs {
         std::thread::sleep(Duration::from_secs(30).min(Duration::from_secs(secs)));
         let s = (
@@ -134,7 +151,8 @@ fn main() {
             rss_kib(child.id()),
             db_bytes(dir.path()),
         );
-        println!("| {} | {} | {} |", s.0, s.1, s.2);
+        let sqlite = metric(addr, "orchestrator_sqlite_memory_bytes") / 1024;
+        println!("| {} | {} | {} | {} |", s.0, s.1, sqlite, s.2);
         samples.push(s);
     }
     stop.store(true, Ordering::Relaxed);

@@ -88,6 +88,12 @@ async fn serves_health_queue_metrics_and_json_errors() {
         );
     }
     assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    // The database is open and has run queries: SQLite holds memory, and
+    // never more than its own high-water mark.
+    let used = support::daemon::sample(&text, "orchestrator_sqlite_memory_bytes").unwrap_or(0.0);
+    let most =
+        support::daemon::sample(&text, "orchestrator_sqlite_memory_highwater_bytes").unwrap_or(0.0);
+    assert!(used > 0.0 && most >= used, "{used} {most}: {text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(!text.contains("BREW"), "{text}");
     assert!(text.contains(r#"method="other""#), "{text}");

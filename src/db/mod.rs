@@ -51,6 +51,27 @@ pub enum DbError {
     },
 }
 
+/// What SQLite's allocator holds now and at most since start, in bytes
+/// (page caches, prepared statements, schema), for `/metrics`: it tells the
+/// database's share of the daemon's resident memory from everything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqliteMemory {
+    pub used: i64,
+    pub highwater: i64,
+}
+
+pub fn sqlite_memory() -> SqliteMemory {
+    // SAFETY: both read SQLite's global memory statistics under its own
+    // mutex; they take no pointers and are callable from any thread at any
+    // time, before or after a connection exists.
+    unsafe {
+        SqliteMemory {
+            used: libsqlite3_sys::sqlite3_memory_used(),
+            highwater: libsqlite3_sys::sqlite3_memory_highwater(0),
+        }
+    }
+}
+
 /// The two pools. Clone is cheap.
 #[derive(Clone, Debug)]
 pub struct Db {

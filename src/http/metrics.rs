@@ -111,6 +111,19 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
         "OS threads",
         threads.map(|v| v as i64),
     );
+    let sqlite = crate::db::sqlite_memory();
+    gauge(
+        &mut now,
+        "orchestrator_sqlite_memory_bytes",
+        "Bytes SQLite's allocator holds now (page caches, statements, schema)",
+        Some(sqlite.used),
+    );
+    gauge(
+        &mut now,
+        "orchestrator_sqlite_memory_highwater_bytes",
+        "Most bytes SQLite's allocator has held since start",
+        Some(sqlite.highwater),
+    );
     let up: Gauge<f64, AtomicU64> = Gauge::default();
     up.set(state.metrics.started.elapsed().as_secs_f64());
     now.register(
