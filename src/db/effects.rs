@@ -71,6 +71,40 @@ pub async fn insert_planned<'e>(
     .await
 }
 
+/// A first plan in ONE autocommit statement: the row is inserted only while
+/// `holder` holds the task's lease at the fence's generation and no row of
+/// this transition and kind exists. `None`: nothing was written (a row is
+/// there, or the lease was lost): the caller's transaction tells which.
+pub async fn insert_planned_if_held<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    p: &Planned<'_>,
+    fence: Fence,
+) -> Result<Option<i64>, sqlx::Error> {
+    // The WHERE also settles SQLite's parsing of INSERT … SELECT … ON CONFLICT.
+    sqlx::query_scalar(
+        "INSERT INTO effects (task_id, transition_key, from_stage, to_stage, stage_version, kind, state, holder, planned_at)
+         SELECT ?, ?, ?, ?, ?, ?, 'planned', ?, ?
+         WHERE EXISTS (SELECT 1 FROM transition_lease l JOIN tasks t ON t.id = l.task_id
+                       WHERE l.task_id = ? AND l.holder = ? AND (NOT ? OR t.lease_generation = ?))
+         ON CONFLICT (transition_key, kind) DO NOTHING
+         RETURNING id",
+    )
+    .bind(p.task_id)
+    .bind(p.key)
+    .bind(p.from)
+    .bind(p.to)
+    .bind(p.version)
+    .bind(p.kind)
+    .bind(p.holder)
+    .bind(now_ms())
+    .bind(fence.task_id)
+    .bind(p.holder)
+    .bind(fence.enforce)
+    .bind(fence.generation)
+    .fetch_optional(ex)
+    .await
+}
+
 /// A row found open (planned after a crash, failed, unknown) is planned
 /// again by this holder. Fenced: false when the holder lost its lease.
 pub async fn replan<'e>(
@@ -251,4 +285,112 @@ pub async fn count_by_state<'e>(
     sqlx::query_as("SELECT state, COUNT(*) FROM effects GROUP BY state ORDER BY state")
         .fetch_all(ex)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::leases::{self, LeaseRow};
+    use crate::db::{Db, tasks};
+
+    async fn task_with_lease(db: &Db, holder: &str) -> (i64, i64) {
+        let id = tasks::insert(
+            db.writer(),
+            &tasks::NewTask {
+                work_item: "W-1".into(),
+                project: "p".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let row = LeaseRow {
+            task_id: id,
+            owner_pid: 1,
+            owner_start_time: 1,
+            owner_boot_id: "b".into(),
+            holder: holder.into(),
+            actor: "a".into(),
+            transition: "t".into(),
+            acquired_at: 0,
+        };
+        assert!(leases::put_if_free(db.writer(), &row).await.unwrap());
+        // A second claim while the row is there writes nothing.
+        let other = LeaseRow {
+            holder: "other".into(),
+            ..row
+        };
+        assert!(!leases::put_if_free(db.writer(), &other).await.unwrap());
+        let g = leases::bump_generation(db.writer(), id).await.unwrap();
+        (id, g)
+    }
+
+    fn planned<'a>(task_id: i64, holder: &'a str) -> Planned<'a> {
+        Planned {
+            task_id,
+            key: "k",
+            from: Stage::Testing,
+            to: Stage::DeployStaging,
+            version: 0,
+            kind: "merge_pr",
+            holder,
+        }
+    }
+
+    /// The one-statement plan writes exactly when the transaction it stands
+    /// in for would have: the holder's lease at its generation, no row yet.
+    #[tokio::test]
+    async fn a_first_plan_is_written_only_under_the_lease_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("o.db")).await.unwrap();
+        let (id, g) = task_with_lease(&db, "h").await;
+        let fence = |generation| Fence {
+            task_id: id,
+            generation,
+            enforce: true,
+        };
+        // Not the holder, or an older generation: nothing.
+        assert_eq!(
+            insert_planned_if_held(db.writer(), &planned(id, "x"), fence(g))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            insert_planned_if_held(db.writer(), &planned(id, "h"), fence(g - 1))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(get(db.reader(), "k", "merge_pr").await.unwrap().is_none());
+        // The holder: planned once; a second plan finds the row, writes none.
+        let first = insert_planned_if_held(db.writer(), &planned(id, "h"), fence(g))
+            .await
+            .unwrap()
+            .expect("planned");
+        let row = get(db.reader(), "k", "merge_pr").await.unwrap().unwrap();
+        assert_eq!((row.id, row.state.as_str()), (first, "planned"));
+        assert_eq!(
+            insert_planned_if_held(db.writer(), &planned(id, "h"), fence(g))
+                .await
+                .unwrap(),
+            None
+        );
+        // The lease gone: nothing either, even unfenced.
+        leases::delete_if_holder(db.writer(), id, "h")
+            .await
+            .unwrap();
+        let unfenced = Fence {
+            enforce: false,
+            ..fence(g)
+        };
+        let mut other = planned(id, "h");
+        other.kind = "prod_deploy";
+        assert_eq!(
+            insert_planned_if_held(db.writer(), &other, unfenced)
+                .await
+                .unwrap(),
+            None
+        );
+    }
 }

@@ -59,6 +59,30 @@ pub async fn put<'e>(
     Ok(())
 }
 
+/// Insert `row` only when the task has no lease row: `true` when this wrote
+/// it. The common acquire (nobody holds the task) then needs no read first.
+pub async fn put_if_free<'e>(
+    ex: impl Executor<'e, Database = Sqlite>,
+    row: &LeaseRow,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "INSERT INTO transition_lease (task_id, owner_pid, owner_start_time, owner_boot_id, holder, actor, transition, acquired_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (task_id) DO NOTHING",
+    )
+    .bind(row.task_id)
+    .bind(row.owner_pid)
+    .bind(row.owner_start_time)
+    .bind(&row.owner_boot_id)
+    .bind(&row.holder)
+    .bind(&row.actor)
+    .bind(&row.transition)
+    .bind(row.acquired_at)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// A lease holder's fence (invariant 10): the task's lease generation as
 /// the holder acquired it. Every write the holder makes after planning is
 /// conditioned on it, so once the lease is force-released, reclaimed or

@@ -137,6 +137,9 @@ impl DeleteBranch {
 
 #[async_trait]
 impl Effect for DeleteBranch {
+    fn has_record(&self) -> bool {
+        false
+    }
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         match self.plan(ctx) {
             Plan::Skip(why) => Ok(Some(why)),

@@ -86,6 +86,9 @@ impl MergePr {
 
 #[async_trait]
 impl Effect for MergePr {
+    fn has_record(&self) -> bool {
+        false
+    }
     async fn reconcile(&self, ctx: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         let project = self.0.project(ctx)?;
         let head = match super::adopt::read_record(&self.head_file(ctx)).await {
@@ -256,6 +259,9 @@ pub(crate) fn deploy_verdict(
 
 #[async_trait]
 impl Effect for ProdDeploy {
+    fn has_record(&self) -> bool {
+        false
+    }
     /// A deploy cannot be asked whether it ran. The marker written after a
     /// successful run proves it did; the run's own records (`adopt.rs`) tell
     /// the rest: never started → `None` (deploy now); still running → wait

@@ -201,6 +201,9 @@ const IMAGE: &str = ".image_rebuild";
 
 #[async_trait]
 impl Effect for ImageRebuild {
+    fn has_record(&self) -> bool {
+        false
+    }
     /// The marker written after a successful build proves it ran; else the
     /// run's records: never started → build; still running → wait; ended
     /// or vanished without success → the image may be half pushed: unknown,

@@ -79,6 +79,13 @@ pub trait Effect: Send + Sync {
     ) -> Result<EffectResult, EffectError> {
         Ok(result)
     }
+    /// Whether [`Effect::record`] is to run. `false` (an effect with no
+    /// record of its own) lets the done row be one fenced statement instead
+    /// of a transaction around it. The default is the safe one: an effect
+    /// that keeps `record` must not be able to lose it by forgetting this.
+    fn has_record(&self) -> bool {
+        true
+    }
 }
 
 /// Effect implementations by kind. A transition whose effect kind has no
@@ -108,6 +115,9 @@ pub struct NoopEffect;
 
 #[async_trait]
 impl Effect for NoopEffect {
+    fn has_record(&self) -> bool {
+        false
+    }
     async fn reconcile(&self, _: &EffectCtx) -> Result<Option<EffectResult>, EffectError> {
         Ok(None)
     }
@@ -154,47 +164,57 @@ pub(crate) async fn run(a: RunArgs<'_>) -> Result<Ran, EngineError> {
     let task_id = a.ctx.task.id;
     let lost = || EngineError::LeaseLost { task_id };
 
-    // Plan (or find the plan) in one IMMEDIATE transaction, fenced by the
-    // lease: a holder that lost its lease (force-release, reclaim) stops here.
-    let mut tx = a.db.begin_write().await?;
-    if !leases::held_by(&mut *tx, a.fence, a.holder).await? {
-        return Err(lost());
-    }
-    let mut new_id = None;
-    let found = match effects::get(&mut *tx, key, kind).await? {
-        Some(row) if row.state == "done" => {
-            return Ok(Ran::Skipped(row.result.unwrap_or_default()));
-        }
-        Some(row) => Some(row),
-        None => {
-            new_id = Some(
-                effects::insert_planned(
-                    &mut *tx,
-                    &Planned {
-                        task_id,
-                        key,
-                        from: a.ctx.from,
-                        to: a.ctx.to,
-                        version: a.version,
-                        kind,
-                        holder: a.holder,
-                    },
-                )
-                .await?,
-            );
-            None
-        }
+    let planned = Planned {
+        task_id,
+        key,
+        from: a.ctx.from,
+        to: a.ctx.to,
+        version: a.version,
+        kind,
+        holder: a.holder,
     };
-    let granted = match &found {
-        Some(row) if row.state == "unknown" => effects::retry_granted(&mut *tx, row.id).await?,
-        _ => false,
-    };
-    let row_id = match (&found, new_id) {
-        (Some(row), _) => row.id,
-        (None, Some(id)) => id,
-        (None, None) => return Err(EngineError::Internal("planned row vanished".into())),
-    };
-    tx.commit().await?;
+    // The common case, a first plan, is one fenced statement (a round trip
+    // instead of five). When it writes nothing, the transaction below tells
+    // a lost lease from a row already there, as it always did.
+    let (found, row_id, granted) =
+        match effects::insert_planned_if_held(a.db.writer(), &planned, a.fence).await? {
+            Some(id) => (None, id, false),
+            None => {
+                // Plan (or find the plan) in one IMMEDIATE transaction, fenced
+                // by the lease: a holder that lost its lease (force-release,
+                // reclaim) stops here.
+                let mut tx = a.db.begin_write().await?;
+                if !leases::held_by(&mut *tx, a.fence, a.holder).await? {
+                    return Err(lost());
+                }
+                let mut new_id = None;
+                let found = match effects::get(&mut *tx, key, kind).await? {
+                    Some(row) if row.state == "done" => {
+                        return Ok(Ran::Skipped(row.result.unwrap_or_default()));
+                    }
+                    Some(row) => Some(row),
+                    None => {
+                        new_id = Some(effects::insert_planned(&mut *tx, &planned).await?);
+                        None
+                    }
+                };
+                let granted = match &found {
+                    Some(row) if row.state == "unknown" => {
+                        effects::retry_granted(&mut *tx, row.id).await?
+                    }
+                    _ => false,
+                };
+                let row_id = match (&found, new_id) {
+                    (Some(row), _) => row.id,
+                    (None, Some(id)) => id,
+                    (None, None) => {
+                        return Err(EngineError::Internal("planned row vanished".into()));
+                    }
+                };
+                tx.commit().await?;
+                (found, row_id, granted)
+            }
+        };
 
     if let Some(row) = &found {
         // planned: a crash (or a lost holder) came between plan and done;
@@ -270,6 +290,14 @@ async fn record_done(
     row_id: i64,
     result: EffectResult,
 ) -> Result<EffectResult, EngineError> {
+    if !a.effect.has_record() {
+        if !effects::mark_done(a.db.writer(), row_id, &result, a.fence).await? {
+            return Err(EngineError::LeaseLost {
+                task_id: a.ctx.task.id,
+            });
+        }
+        return Ok(result);
+    }
     let mut tx = a.db.begin_write().await?;
     let result = match a.effect.record(&mut tx, a.ctx, result).await {
         Ok(r) => r,

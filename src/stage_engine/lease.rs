@@ -205,14 +205,6 @@ pub(crate) async fn acquire(
         // (an error below) only unregisters the token.
         released: true,
     };
-    let mut tx = db.begin_write().await?;
-    let existing = leases::get(&mut *tx, task_id).await?;
-    if let Some(row) = &existing
-        && !ignore_live
-        && boot.is_live(row)
-    {
-        return Ok(Acquire::Busy(row.clone()));
-    }
     let row = LeaseRow {
         task_id,
         owner_pid: boot.pid,
@@ -223,7 +215,23 @@ pub(crate) async fn acquire(
         transition: transition.to_string(),
         acquired_at: now_ms(),
     };
-    leases::put(&mut *tx, &row).await?;
+    let mut tx = db.begin_write().await?;
+    // Nobody holds the task (the common case): the insert is the claim.
+    // Else the row there is judged under the write lock: a live owner means
+    // busy (nothing written), a stale one is taken over.
+    let existing = if leases::put_if_free(&mut *tx, &row).await? {
+        None
+    } else {
+        let existing = leases::get(&mut *tx, task_id).await?;
+        if let Some(held) = &existing
+            && !ignore_live
+            && boot.is_live(held)
+        {
+            return Ok(Acquire::Busy(held.clone()));
+        }
+        leases::put(&mut *tx, &row).await?;
+        existing
+    };
     // Every acquire fences off every earlier holder (invariant 10). With the
     // `lease` defence off (simulation only) there is no exclusion at
     // acquire at all: holders share the generation.

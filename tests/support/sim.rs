@@ -123,6 +123,9 @@ impl CountingEffect {
 
 #[async_trait]
 impl Effect for CountingEffect {
+    fn has_record(&self) -> bool {
+        false
+    }
     /// "Is the merge SHA in main?" for this world: is the done line there?
     /// A deploy whose start is marked and whose writer still runs is waited
     /// for (adoption), as the daemon's `prod_deploy` does.
