@@ -10,6 +10,8 @@
 //! effect counts itself outside the journal; the checker counts duplicate
 //! effects, contradictions (stage history against STAGE_TRANSITIONS and the
 //! gate verdicts, effects without their transition) and stuck tasks: all 0.
+//! An actor stops picking a task another actor saw end; one step in 20 is a
+//! late event for an ended task, which must change nothing (ADR 0010 §9).
 //!
 //! `each_defence_carries_weight` runs the same simulation with one defence
 //! of the engine switched off at a time (`stage_engine::Defences`, a
@@ -542,9 +544,15 @@ fn run(r: &Run, seed: u64, schedule: Arc<Schedule>) -> (RunResult, Arc<Tally>) {
         while Instant::now() < until {
             batch_no += 1;
             let ids = sim::create_tasks(w.engine.db(), &format!("SIM{batch_no}"), r.batch).await;
+            // Tasks some actor saw end: the others stop picking them, as
+            // the daemon's actors stop at a finished task (their queries
+            // skip it). A pick made just before still races the end, and
+            // one step in 20 is a late event for an ended task (a webhook
+            // or a STOP after done), which must change nothing.
+            let ended: Arc<Mutex<Vec<i64>>> = Arc::default();
             let mut handles = Vec::new();
             for (i, actor) in ACTORS.iter().enumerate() {
-                let (w, tally, ids) = (w.clone(), t2.clone(), ids.clone());
+                let (w, tally, ids, ended) = (w.clone(), t2.clone(), ids.clone(), ended.clone());
                 let mut rng = sim::actor_rng(seed ^ sim::mix(batch_no), i);
                 let mut replay = schedule
                     .replay
@@ -555,7 +563,21 @@ fn run(r: &Run, seed: u64, schedule: Arc<Schedule>) -> (RunResult, Arc<Tally>) {
                 handles.push(tokio::spawn(async move {
                     let mut live = ids;
                     let mut steps = 0;
-                    while !live.is_empty() && steps < 20_000 {
+                    while steps < 20_000 {
+                        let late = {
+                            let ended = ended.lock().unwrap();
+                            live.retain(|x| !ended.contains(x));
+                            (replay.is_none() && !ended.is_empty() && rng.gen_range(0..20) == 0)
+                                .then(|| ended[rng.gen_range(0..ended.len())])
+                        };
+                        if let Some(id) = late {
+                            let (_, a) = choose(actor, &mut rng, faults, 1);
+                            let out = act(&w, actor, id, a).await;
+                            tally.record(&out);
+                        }
+                        if live.is_empty() {
+                            break;
+                        }
                         steps += 1;
                         let (pos, a) = match replay.as_mut() {
                             Some(r) => match r.next() {
@@ -568,8 +590,17 @@ fn run(r: &Run, seed: u64, schedule: Arc<Schedule>) -> (RunResult, Arc<Tally>) {
                         let id = live[pos];
                         sim::jitter(&mut rng).await;
                         let out = act(&w, actor, id, a).await;
-                        if let Ok(Outcome::Terminal { .. }) = out {
+                        let end = match &out {
+                            Ok(Outcome::Terminal { .. } | Outcome::Cancelled { .. }) => true,
+                            Ok(Outcome::Advanced { to, .. }) => to.is_terminal(),
+                            _ => false,
+                        };
+                        if end {
                             live.retain(|x| *x != id);
+                            let mut ended = ended.lock().unwrap();
+                            if !ended.contains(&id) {
+                                ended.push(id);
+                            }
                         }
                         tally.record(&out);
                     }
