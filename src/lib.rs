@@ -8,6 +8,7 @@
 //! - `git`: worktrees through the git CLI (F-08).
 //! - `checkouts`: per-project clones for merges and deploys, every git call bounded (F-19, F-23, B-10).
 //! - `proc_group`: THE spawner of agent and gate commands: own process group, tree-kill SIGTERM → grace → SIGKILL (F-12, F-18, B-8).
+//! - `memory`: the allocator's side of a flat resident size (arena cap, trim).
 //! - `procfs`: the one reader of `/proc` (stat, start time, environment, group members, kernel boot id).
 //! - `clock`: the loops' clock (tokio time, so tests can pause it).
 //! - `effects`: what each irreversible effect kind does outside (merge, deploy, coverage ratchet, image; F-19, F-23; the branch delete of a cancel, F-25).
@@ -45,6 +46,7 @@ pub mod git;
 pub mod http;
 pub mod intake;
 pub mod loops;
+pub mod memory;
 pub mod notify;
 pub mod pipeline;
 pub mod proc_group;

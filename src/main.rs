@@ -124,6 +124,8 @@ fn main() -> ExitCode {
     // First, before any secret is read: no process of our user may read
     // this one's environment or memory through /proc (B-12).
     orchestrator::sandbox::harden_daemon();
+    // Before any other thread exists (the runtime, SQLite's).
+    orchestrator::memory::limit_arenas();
     let cli = Cli::parse();
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,25 +91,12 @@ impl Retention {
         // pages until asked, so each pass would otherwise leave resident
         // memory a notch higher (the soak saw it step up when retention
         // began). Off the runtime: it takes the allocator's locks.
-        let _ = tokio::task::spawn_blocking(release_freed_memory).await;
+        let _ = tokio::task::spawn_blocking(crate::memory::release_freed).await;
         self.ticks.fetch_add(1, Ordering::Relaxed);
         self.last_tick_ms.store(now, Ordering::Relaxed);
         Ok(())
     }
 }
-
-/// Return free heap pages of every arena to the OS (`malloc_trim(0)`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_freed_memory() {
-    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own
-    // arenas under their locks and is safe to call from any thread.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_freed_memory() {}
 
 #[async_trait]
 impl StatusBlock for Retention {
