@@ -6,6 +6,7 @@
 //! start, and each retention pass hands back what it freed.
 
 /// Arenas glibc may create (its default is eight per core).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MAX_ARENAS: libc::c_int = 2;
 
 /// At start, before any thread but the main one exists.
