@@ -42,6 +42,10 @@ use support::sim::{self, ACTORS, EffectFaults, SimInputs, StallHook, Tally};
 
 const CHILD_ENV: &str = "ORCH_SIM_CHILD";
 
+/// Late events sent to ended tasks in this process (a run must send some,
+/// or the "nothing after done" oracle would see only the racing ends).
+static LATE_EVENTS: AtomicU64 = AtomicU64::new(0);
+
 fn env_u64(key: &str) -> Option<u64> {
     std::env::var(key).ok().and_then(|v| v.parse().ok())
 }
@@ -571,6 +575,7 @@ fn run(r: &Run, seed: u64, schedule: Arc<Schedule>) -> (RunResult, Arc<Tally>) {
                                 .then(|| ended[rng.gen_range(0..ended.len())])
                         };
                         if let Some(id) = late {
+                            LATE_EVENTS.fetch_add(1, Ordering::Relaxed);
                             let (_, a) = choose(actor, &mut rng, faults, 1);
                             let out = act(&w, actor, id, a).await;
                             tally.record(&out);
@@ -760,6 +765,12 @@ fn simulation_zero_duplicate_effects_zero_contradictions() {
         o.schedules
     );
     assert!(o.faults > 0, "no fault was injected");
+    if schedule.replay.is_none() {
+        assert!(
+            LATE_EVENTS.load(Ordering::Relaxed) > 0,
+            "no late event reached an ended task"
+        );
+    }
     if cfg.children > 0 && secs >= 10 {
         assert!(o.child_ops > 0, "the child processes did nothing");
         assert!(o.kills + o.stops > 0, "no child was killed or stopped");

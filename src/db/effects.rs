@@ -1,6 +1,8 @@
 //! `effects`: the journal of irreversible effects (B-1).
 
 use serde::Serialize;
+use sqlx::query::QueryScalar;
+use sqlx::sqlite::SqliteArguments;
 use sqlx::{Executor, FromRow, Sqlite};
 
 use super::leases::{FENCE_SQL, Fence};
@@ -50,25 +52,31 @@ pub struct Planned<'a> {
     pub holder: &'a str,
 }
 
+/// The planned row's values, in the column order of both inserts below.
+fn bind_planned<'q>(
+    q: QueryScalar<'q, Sqlite, i64, SqliteArguments<'q>>,
+    p: &Planned<'q>,
+) -> QueryScalar<'q, Sqlite, i64, SqliteArguments<'q>> {
+    q.bind(p.task_id)
+        .bind(p.key)
+        .bind(p.from)
+        .bind(p.to)
+        .bind(p.version)
+        .bind(p.kind)
+        .bind(p.holder)
+        .bind(now_ms())
+}
+
 /// The new row's id.
 pub async fn insert_planned<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     p: &Planned<'_>,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    let q = sqlx::query_scalar(
         "INSERT INTO effects (task_id, transition_key, from_stage, to_stage, stage_version, kind, state, holder, planned_at)
          VALUES (?, ?, ?, ?, ?, ?, 'planned', ?, ?) RETURNING id",
-    )
-    .bind(p.task_id)
-    .bind(p.key)
-    .bind(p.from)
-    .bind(p.to)
-    .bind(p.version)
-    .bind(p.kind)
-    .bind(p.holder)
-    .bind(now_ms())
-    .fetch_one(ex)
-    .await
+    );
+    bind_planned(q, p).fetch_one(ex).await
 }
 
 /// A first plan in ONE autocommit statement: the row is inserted only while
@@ -81,28 +89,21 @@ pub async fn insert_planned_if_held<'e>(
     fence: Fence,
 ) -> Result<Option<i64>, sqlx::Error> {
     // The WHERE also settles SQLite's parsing of INSERT … SELECT … ON CONFLICT.
-    sqlx::query_scalar(
+    let q = sqlx::query_scalar(
         "INSERT INTO effects (task_id, transition_key, from_stage, to_stage, stage_version, kind, state, holder, planned_at)
          SELECT ?, ?, ?, ?, ?, ?, 'planned', ?, ?
          WHERE EXISTS (SELECT 1 FROM transition_lease l JOIN tasks t ON t.id = l.task_id
                        WHERE l.task_id = ? AND l.holder = ? AND (NOT ? OR t.lease_generation = ?))
          ON CONFLICT (transition_key, kind) DO NOTHING
          RETURNING id",
-    )
-    .bind(p.task_id)
-    .bind(p.key)
-    .bind(p.from)
-    .bind(p.to)
-    .bind(p.version)
-    .bind(p.kind)
-    .bind(p.holder)
-    .bind(now_ms())
-    .bind(fence.task_id)
-    .bind(p.holder)
-    .bind(fence.enforce)
-    .bind(fence.generation)
-    .fetch_optional(ex)
-    .await
+    );
+    bind_planned(q, p)
+        .bind(fence.task_id)
+        .bind(p.holder)
+        .bind(fence.enforce)
+        .bind(fence.generation)
+        .fetch_optional(ex)
+        .await
 }
 
 /// A row found open (planned after a crash, failed, unknown) is planned

@@ -1,6 +1,7 @@
 //! `transition_lease`: one row per task whose side-effectful region is owned.
 
 use serde::Serialize;
+use sqlx::sqlite::SqliteArguments;
 use sqlx::{Executor, FromRow, Sqlite};
 
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq, Eq)]
@@ -33,29 +34,35 @@ pub async fn all<'e>(
         .await
 }
 
+/// The row's values, in the column order of both inserts below.
+fn bind_row<'q>(
+    q: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+    row: &'q LeaseRow,
+) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>> {
+    q.bind(row.task_id)
+        .bind(row.owner_pid)
+        .bind(row.owner_start_time)
+        .bind(&row.owner_boot_id)
+        .bind(&row.holder)
+        .bind(&row.actor)
+        .bind(&row.transition)
+        .bind(row.acquired_at)
+}
+
 /// Insert, or replace a row the caller has judged stale.
 pub async fn put<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     row: &LeaseRow,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO transition_lease (task_id, owner_pid, owner_start_time, owner_boot_id, holder, actor, transition, acquired_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (task_id) DO UPDATE SET owner_pid = excluded.owner_pid,
             owner_start_time = excluded.owner_start_time, owner_boot_id = excluded.owner_boot_id,
             holder = excluded.holder, actor = excluded.actor, transition = excluded.transition,
             acquired_at = excluded.acquired_at",
-    )
-    .bind(row.task_id)
-    .bind(row.owner_pid)
-    .bind(row.owner_start_time)
-    .bind(&row.owner_boot_id)
-    .bind(&row.holder)
-    .bind(&row.actor)
-    .bind(&row.transition)
-    .bind(row.acquired_at)
-    .execute(ex)
-    .await?;
+    );
+    bind_row(q, row).execute(ex).await?;
     Ok(())
 }
 
@@ -65,21 +72,12 @@ pub async fn put_if_free<'e>(
     ex: impl Executor<'e, Database = Sqlite>,
     row: &LeaseRow,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO transition_lease (task_id, owner_pid, owner_start_time, owner_boot_id, holder, actor, transition, acquired_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (task_id) DO NOTHING",
-    )
-    .bind(row.task_id)
-    .bind(row.owner_pid)
-    .bind(row.owner_start_time)
-    .bind(&row.owner_boot_id)
-    .bind(&row.holder)
-    .bind(&row.actor)
-    .bind(&row.transition)
-    .bind(row.acquired_at)
-    .execute(ex)
-    .await?;
+    );
+    let r = bind_row(q, row).execute(ex).await?;
     Ok(r.rows_affected() == 1)
 }
 
